@@ -1,0 +1,48 @@
+# Entry points for everyone, CI included. uv comes from PATH, or is installed into
+# .data/tools on first use so a machine with only Python and make can run everything.
+SHELL := /bin/bash
+UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.data/tools/bin/uv)
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: help sync run test lint fmt typecheck unit migrate bench up down
+
+help:
+	@echo "make run | test | lint | fmt | migrate | bench | up | down"
+
+$(CURDIR)/.data/tools/bin/uv:
+	python3 -m venv $(CURDIR)/.data/tools
+	$(CURDIR)/.data/tools/bin/pip install --quiet uv
+
+sync: $(UV)
+	$(UV) sync --frozen --all-packages
+
+run: sync
+	$(UV) run --frozen python -m devstack.run
+
+lint: sync
+	$(UV) run --frozen ruff format --check .
+	$(UV) run --frozen ruff check .
+
+fmt: sync
+	$(UV) run --frozen ruff format .
+	$(UV) run --frozen ruff check --fix .
+
+typecheck: sync
+	$(UV) run --frozen mypy
+
+unit: sync
+	$(UV) run --frozen pytest
+
+test: lint typecheck unit
+
+migrate: sync
+	$(UV) run --frozen alembic -c migrations/alembic.ini upgrade head
+
+bench: sync
+	$(UV) run --frozen python -m bench
+
+up:
+	docker compose up --build
+
+down:
+	docker compose down

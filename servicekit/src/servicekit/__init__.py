@@ -1,0 +1,44 @@
+"""Shared plumbing for the services: settings, JSON logging, request IDs, problems, health."""
+
+from fastapi import FastAPI
+
+from servicekit.context import REQUEST_ID_HEADER, accept_request_id, current_request_id
+from servicekit.health import ReadinessCheck, ReadyProbe, health_router
+from servicekit.logs import configure_logging
+from servicekit.middleware import RequestContextMiddleware
+from servicekit.problems import (
+    PROBLEM_MEDIA_TYPE,
+    Problem,
+    ServiceError,
+    install_problem_handlers,
+    problem_response,
+    problem_responses,
+)
+from servicekit.settings import ServiceSettings
+
+
+def install_servicekit(app: FastAPI, service: str, settings: ServiceSettings) -> None:
+    """Logging, request IDs with access lines, and problem+json for every error path."""
+    configure_logging(service, settings.log_level)
+    install_problem_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+
+
+__all__ = [
+    "PROBLEM_MEDIA_TYPE",
+    "REQUEST_ID_HEADER",
+    "Problem",
+    "ReadinessCheck",
+    "ReadyProbe",
+    "RequestContextMiddleware",
+    "ServiceError",
+    "ServiceSettings",
+    "accept_request_id",
+    "configure_logging",
+    "current_request_id",
+    "health_router",
+    "install_problem_handlers",
+    "install_servicekit",
+    "problem_response",
+    "problem_responses",
+]

@@ -1,0 +1,72 @@
+"""Pure ASGI middleware: request IDs, one access line per request, the last-resort 500."""
+
+import time
+
+from loguru import logger
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from servicekit.context import REQUEST_ID_HEADER, accept_request_id, request_id_var
+from servicekit.problems import problem_response
+
+_REQUEST_ID_HEADER_BYTES = REQUEST_ID_HEADER.lower().encode()
+
+
+class RequestContextMiddleware:
+    """Assigns the request ID, echoes it on every response and logs the request once.
+
+    An exception that escapes the app becomes a bland 500 problem here, so that even
+    that response carries the request ID and nothing internal leaks.
+    """
+
+    def __init__(self, app: ASGIApp, access_log: bool = True) -> None:
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        incoming = None
+        for name, value in scope["headers"]:
+            if name == _REQUEST_ID_HEADER_BYTES:
+                incoming = value.decode("latin-1")
+                break
+        request_id = accept_request_id(incoming)
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_request_id)
+        except Exception as exc:
+            logger.opt(exception=exc).error("unhandled error")
+            if response_started:
+                raise
+            response = problem_response(
+                500,
+                "internal_error",
+                detail="An unexpected error occurred.",
+                instance=scope["path"],
+            )
+            await response(scope, receive, send_with_request_id)
+        finally:
+            if self.access_log:
+                logger.info(
+                    "request",
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                )
+            request_id_var.reset(token)

@@ -1,0 +1,189 @@
+"""RFC 9457 problem details: one error base, one response shape, one set of handlers."""
+
+from collections.abc import Iterable, Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from servicekit.context import current_request_id
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+_CODES_BY_STATUS = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    431: "request_header_fields_too_large",
+    500: "internal_error",
+    502: "upstream_unavailable",
+    503: "service_unavailable",
+    504: "upstream_timeout",
+}
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    message: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document, as every error of every service is shaped."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "/problems/not_found",
+                    "title": "Not Found",
+                    "status": 404,
+                    "detail": "No route matches /api/v1/nope.",
+                    "instance": "/api/v1/nope",
+                    "code": "not_found",
+                    "request_id": "3f1c0b9e-8f7a-4a51-9a4e-0f6f1f2b9c11",
+                }
+            ]
+        }
+    )
+
+    type: str = Field(description="URI reference naming the problem type.")
+    title: str = Field(description="Short, human-readable summary of the problem type.")
+    status: int = Field(description="HTTP status code.")
+    detail: str | None = Field(default=None, description="Explanation of this occurrence.")
+    instance: str | None = Field(default=None, description="The request path.")
+    code: str = Field(description="Stable snake_case error code.")
+    request_id: str | None = Field(default=None, description="The request's X-Request-ID.")
+    errors: list[ValidationIssue] | None = Field(
+        default=None, description="Validation errors, one per offending input."
+    )
+
+
+class ServiceError(Exception):
+    """Base of every error a service raises on purpose; rendered as a problem."""
+
+    status: int = 500
+    code: str = "internal_error"
+    title: str = "Internal Server Error"
+
+    def __init__(self, detail: str | None = None, *, headers: Mapping[str, str] | None = None):
+        super().__init__(detail or self.title)
+        self.detail = detail
+        self.headers = dict(headers or {})
+
+
+def problem_body(
+    status: int,
+    code: str,
+    title: str,
+    detail: str | None = None,
+    instance: str | None = None,
+    errors: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": f"/problems/{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        "code": code,
+        "request_id": current_request_id(),
+    }
+    if errors is not None:
+        body["errors"] = list(errors)
+    return body
+
+
+def problem_response(
+    status: int,
+    code: str,
+    title: str | None = None,
+    detail: str | None = None,
+    instance: str | None = None,
+    errors: Sequence[Mapping[str, Any]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    title = title or HTTPStatus(status).phrase
+    body = problem_body(status, code, title, detail, instance, errors)
+    return Response(
+        orjson.dumps(body), status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE
+    )
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries documenting each status as a problem document."""
+    return {
+        status: {
+            "model": Problem,
+            "description": HTTPStatus(status).phrase,
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }
+
+
+def _printable_loc(loc: Iterable[Any]) -> list[str | int]:
+    return [part if isinstance(part, int) else str(part) for part in loc]
+
+
+def validation_issues(exc: RequestValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": _printable_loc(error["loc"]), "message": error["msg"], "type": error["type"]}
+        for error in exc.errors()
+    ]
+
+
+async def _service_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    return problem_response(
+        exc.status, exc.code, exc.title, exc.detail, request.url.path, headers=exc.headers
+    )
+
+
+async def _validation_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    issues = validation_issues(exc)
+    detail = "; ".join(f"{'.'.join(map(str, i['loc']))}: {i['message']}" for i in issues[:5])
+    return problem_response(
+        422, "validation_error", "Validation Error", detail, request.url.path, errors=issues
+    )
+
+
+async def _http_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _CODES_BY_STATUS.get(exc.status_code, "http_error")
+    detail = exc.detail if isinstance(exc.detail, str) else None
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"No resource at {request.url.path}."
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}."
+    return problem_response(
+        exc.status_code, code, None, detail, request.url.path, headers=exc.headers
+    )
+
+
+async def _unhandled_error_handler(request: Request, exc: Exception) -> Response:
+    logger.opt(exception=exc).error("unhandled error on {} {}", request.method, request.url.path)
+    return problem_response(
+        500, "internal_error", None, "An unexpected error occurred.", request.url.path
+    )
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    app.add_exception_handler(Exception, _unhandled_error_handler)
