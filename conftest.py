@@ -1,0 +1,24 @@
+"""Fixtures every test suite shares: one embedded PostgreSQL server per test session."""
+
+from collections.abc import Iterator
+from itertools import count
+
+import pytest
+
+from devstack.postgres import EmbeddedPostgres
+
+_database_numbers = count()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres") / "data")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_database_url(postgres: EmbeddedPostgres) -> str:
+    """A new, empty database on the session's server (`postgresql://…`)."""
+    return postgres.create_database(f"test_{next(_database_numbers)}")
