@@ -1,0 +1,126 @@
+"""`make run`: the whole stack on this machine, no Docker.
+
+PostgreSQL from the embedded wheel in `.data/postgres` (unless DATABASE_URL is set),
+migrations, then audits, llm and gateway under uvicorn, all logging to stdout. Ctrl-C or
+SIGTERM stops everything this process started, the database included.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from types import FrameType
+
+from loguru import logger
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from devstack.postgres import EmbeddedPostgres
+from devstack.processes import ServiceProcess, repo_root
+from servicekit import configure_logging
+
+READY_TIMEOUT_S = 60.0
+
+
+class RunSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    gateway_port: int = 8000
+    audits_port: int = 8001
+    llm_port: int = 8002
+    database_url: str | None = None
+    log_level: str = "INFO"
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    # SIGTERM is handled like Ctrl-C so that one path stops everything we started.
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def migrate(database_url: str) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alembic",
+            "-c",
+            str(repo_root() / "migrations/alembic.ini"),
+            "upgrade",
+            "head",
+        ],
+        env={**os.environ, "DATABASE_URL": database_url},
+        check=True,
+    )
+
+
+def wait_ready(url: str, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    status = 0
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            status = error.code
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    return status
+
+
+def main() -> int:
+    settings = RunSettings()
+    configure_logging("devstack", settings.log_level)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+
+    database: EmbeddedPostgres | None = None
+    services: list[ServiceProcess] = []
+    try:
+        database_url = settings.database_url
+        if database_url is None:
+            database = EmbeddedPostgres(repo_root() / ".data" / "postgres")
+            database.start()
+            database_url = database.url
+            logger.info("embedded PostgreSQL ready", port=database.port, data=".data/postgres")
+        migrate(database_url)
+        audits = ServiceProcess("audits", {"DATABASE_URL": database_url}, settings.audits_port)
+        llm = ServiceProcess("llm", {}, settings.llm_port)
+        gateway = ServiceProcess(
+            "gateway",
+            {"AUDITS_SERVICE_URL": audits.url, "LLM_SERVICE_URL": llm.url},
+            settings.gateway_port,
+        )
+        services = [audits, llm, gateway]
+        for service in services:
+            service.start(wait=False)
+        for service in services:
+            service.wait_live()
+        status = wait_ready(f"{gateway.url}/health/ready", READY_TIMEOUT_S)
+        logger.info(
+            "stack ready",
+            gateway=gateway.url,
+            docs=f"{gateway.url}/docs",
+            readiness_status=status,
+        )
+        while all(s.process is not None and s.process.poll() is None for s in services):
+            time.sleep(0.5)
+        logger.error("a service exited on its own; stopping the stack")
+        return 1
+    except KeyboardInterrupt as stop:
+        logger.info("stopping the stack", signal=str(stop))
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for service in reversed(services):
+            service.stop()
+        if database is not None:
+            database.stop()
+        logger.info("stack stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
