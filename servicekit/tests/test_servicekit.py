@@ -1,0 +1,163 @@
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from pydantic import BaseModel
+
+from servicekit import (
+    PROBLEM_MEDIA_TYPE,
+    ReadinessCheck,
+    ServiceError,
+    ServiceSettings,
+    health_router,
+    install_servicekit,
+)
+
+
+class Thing(BaseModel):
+    name: str
+
+
+class Gone(ServiceError):
+    status, code, title = 410, "gone", "Gone for good"
+
+
+def make_app(ready: bool = True) -> FastAPI:
+    app = FastAPI()
+    install_servicekit(app, service="kit", settings=ServiceSettings())
+
+    async def probe(_: Request) -> ReadinessCheck:
+        return ReadinessCheck(ready=ready, detail=None if ready else "nope", code="not_ready")
+
+    app.include_router(health_router("kit", probe))
+
+    @app.post("/things")
+    async def create(thing: Thing) -> Thing:
+        return thing
+
+    @app.get("/gone")
+    async def gone() -> None:
+        raise Gone("It left.", headers={"X-Why": "because"})
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    return app
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=make_app(), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://kit") as c:
+        yield c
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, object]:
+    assert response.status_code == status
+    assert response.headers["content-type"] == PROBLEM_MEDIA_TYPE
+    body: dict[str, object] = response.json()
+    assert body["status"] == status
+    assert body["code"] == code
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert {"type", "title", "detail", "instance"} <= body.keys()
+    return body
+
+
+async def test_valid_request_id_is_kept(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health", headers={"X-Request-ID": "abc.DEF:1-2_3"})
+    assert response.headers["x-request-id"] == "abc.DEF:1-2_3"
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "x" * 129, "line\\nforged", "é", "<script>"])
+async def test_invalid_request_id_is_replaced(client: httpx.AsyncClient, bad: str) -> None:
+    response = await client.get("/health", headers={b"X-Request-ID": bad.encode("utf-8")})
+    assert response.headers["x-request-id"] != bad
+    assert len(response.headers["x-request-id"]) == 36
+
+
+async def test_service_error_is_a_problem(client: httpx.AsyncClient) -> None:
+    response = await client.get("/gone")
+    body = assert_problem(response, 410, "gone")
+    assert body["title"] == "Gone for good"
+    assert body["detail"] == "It left."
+    assert body["instance"] == "/gone"
+    assert response.headers["x-why"] == "because"
+
+
+async def test_unknown_route_is_a_404_problem(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get("/nope"), 404, "not_found")
+
+
+async def test_wrong_method_is_a_405_problem(client: httpx.AsyncClient) -> None:
+    response = await client.delete("/things")
+    assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "POST"
+
+
+async def test_validation_error_lists_each_issue(client: httpx.AsyncClient) -> None:
+    response = await client.post("/things", json={"name": 3})
+    body = assert_problem(response, 422, "validation_error")
+    assert body["errors"] == [
+        {
+            "loc": ["body", "name"],
+            "message": "Input should be a valid string",
+            "type": "string_type",
+        }
+    ]
+
+
+async def test_malformed_json_is_a_422_problem(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/things", content=b'{"name": ', headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 422, "validation_error")
+
+
+async def test_unhandled_error_is_a_bland_500(
+    client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    response = await client.get("/boom", headers={"X-Request-ID": "boom-1"})
+    body = assert_problem(response, 500, "internal_error")
+    assert "secret internals" not in response.text
+    assert body["request_id"] == "boom-1"
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    error = next(line for line in lines if line["level"] == "ERROR")
+    assert error["request_id"] == "boom-1"
+    assert "secret internals" in error["exception"]
+
+
+async def test_access_line_is_one_json_object(
+    client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await client.get("/health", headers={"X-Request-ID": "log-1"})
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    access = [line for line in lines if line.get("path") == "/health"]
+    assert len(access) == 1
+    assert access[0] | {"time": None, "duration_ms": None} == {
+        "time": None,
+        "level": "INFO",
+        "message": "request",
+        "service": "kit",
+        "request_id": "log-1",
+        "method": "GET",
+        "path": "/health",
+        "status": 200,
+        "duration_ms": None,
+    }
+
+
+async def test_liveness_and_readiness() -> None:
+    transport = httpx.ASGITransport(app=make_app(ready=False))
+    async with httpx.AsyncClient(transport=transport, base_url="http://kit") as c:
+        assert (await c.get("/health")).json() == {"status": "ok", "service": "kit"}
+        ready = await c.get("/health/ready")
+    assert ready.status_code == 503
+    assert ready.json() == {
+        "status": "unavailable",
+        "service": "kit",
+        "detail": "nope",
+        "code": "not_ready",
+    }
