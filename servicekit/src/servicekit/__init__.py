@@ -15,6 +15,7 @@ from servicekit.problems import (
     problem_responses,
 )
 from servicekit.settings import ServiceSettings
+from servicekit.shutdown import install_graceful_shutdown
 
 
 def install_servicekit(app: FastAPI, service: str, settings: ServiceSettings) -> None:
@@ -37,6 +38,7 @@ __all__ = [
     "configure_logging",
     "current_request_id",
     "health_router",
+    "install_graceful_shutdown",
     "install_problem_handlers",
     "install_servicekit",
     "problem_response",

@@ -1,3 +1,4 @@
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -7,3 +8,6 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
     log_level: str = "INFO"
+    # Seconds a service keeps serving after SIGTERM while readiness reports 503, so a load
+    # balancer stops routing to it first. 0 locally; Kubernetes sets it (e.g. 5).
+    shutdown_drain_seconds: float = Field(default=0.0, ge=0)
