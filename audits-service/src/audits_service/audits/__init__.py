@@ -1,0 +1,1 @@
+"""The audit-record domain: models, schemas, service and router."""

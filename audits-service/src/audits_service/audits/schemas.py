@@ -1,0 +1,327 @@
+"""Request and response bodies of the audits API."""
+
+import base64
+import binascii
+import ipaddress
+import json
+import math
+import struct
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Self
+from uuid import UUID
+
+from pydantic import (
+    MISSING,
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    PlainSerializer,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from audits_service.audits.constants import (
+    ACTOR_MAX_LENGTH,
+    DESCRIPTION_MAX_LENGTH,
+    METADATA_MAX_BYTES,
+    METADATA_MAX_DEPTH,
+    OFFSET_MAX,
+    PAGE_LIMIT_DEFAULT,
+    PAGE_LIMIT_MAX,
+    RESOURCE_ID_MAX_LENGTH,
+    RESOURCE_TYPE_MAX_LENGTH,
+    USER_AGENT_MAX_LENGTH,
+    AuditAction,
+    AuditStatus,
+)
+
+
+def check_text(value: str) -> str:
+    """PostgreSQL text cannot hold NUL, and UTF-8 cannot hold lone surrogates."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+Actor = Annotated[
+    str, StringConstraints(min_length=1, max_length=ACTOR_MAX_LENGTH), AfterValidator(check_text)
+]
+ResourceType = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=RESOURCE_TYPE_MAX_LENGTH),
+    AfterValidator(check_text),
+]
+ResourceId = Annotated[
+    str, StringConstraints(max_length=RESOURCE_ID_MAX_LENGTH), AfterValidator(check_text)
+]
+Description = Annotated[
+    str, StringConstraints(max_length=DESCRIPTION_MAX_LENGTH), AfterValidator(check_text)
+]
+UserAgent = Annotated[
+    str, StringConstraints(max_length=USER_AGENT_MAX_LENGTH), AfterValidator(check_text)
+]
+
+
+def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, dict | list):
+            if depth > METADATA_MAX_DEPTH:
+                raise ValueError(f"must not be nested more than {METADATA_MAX_DEPTH} levels deep")
+            children = node.values() if isinstance(node, dict) else node
+            if isinstance(node, dict):
+                for key in node:
+                    check_text(key)
+            pending.extend((child, depth + 1) for child in children)
+        elif isinstance(node, str):
+            check_text(node)
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise ValueError("numbers must be finite")
+    size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+    if size > METADATA_MAX_BYTES:
+        raise ValueError(f"must not exceed {METADATA_MAX_BYTES} bytes as JSON (got {size})")
+    return value
+
+
+Metadata = Annotated[
+    dict[str, Any],
+    AfterValidator(_check_metadata),
+    Field(
+        description=(
+            f"Free-form JSON object: at most {METADATA_MAX_BYTES} bytes as compact JSON and "
+            f"{METADATA_MAX_DEPTH} levels of nesting (the object itself is level 1)."
+        ),
+        examples=[{"ticket": "SEC-42", "tags": ["mfa"]}],
+    ),
+]
+
+
+def _check_ip(value: str) -> str:
+    if "%" in value:
+        raise ValueError("must be an IPv4 or IPv6 address without a zone index")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError("must be a valid IPv4 or IPv6 address") from None
+
+
+IPAddress = Annotated[
+    str,
+    StringConstraints(max_length=45),
+    AfterValidator(_check_ip),
+    Field(examples=["203.0.113.7", "2001:db8::1"]),
+]
+
+_EXAMPLE_CREATE: dict[str, JsonValue] = {
+    "action": "login",
+    "status": "success",
+    "actor": "user:alice@example.com",
+    "resource_type": "session",
+    "resource_id": "sess_9f8e7d",
+    "description": "Interactive login with MFA",
+    "metadata": {"mfa": "totp", "tags": ["console"]},
+    "ip_address": "203.0.113.7",
+    "user_agent": "Mozilla/5.0",
+}
+
+
+class AuditRecordCreate(BaseModel):
+    """A new audit record. Unknown fields are rejected."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_EXAMPLE_CREATE]})
+
+    action: AuditAction = Field(description="What was done.")
+    status: AuditStatus = Field(default=AuditStatus.SUCCESS, description="How it ended.")
+    actor: Actor = Field(description="Who did it (1-255 characters).")
+    resource_type: ResourceType = Field(description="Kind of resource acted on (1-100).")
+    resource_id: ResourceId | None = Field(default=None, description="Which resource (≤ 255).")
+    description: Description | None = Field(default=None, description="Free text (≤ 2000).")
+    metadata: Metadata = Field(default_factory=dict)
+    ip_address: IPAddress | None = Field(default=None, description="Client IPv4/IPv6 address.")
+    user_agent: UserAgent | None = Field(default=None, description="Client user agent (≤ 512).")
+
+
+class AuditRecordUpdate(BaseModel):
+    """Any non-empty subset of the writable fields. Required fields cannot be set to null."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"status": "failure", "description": "MFA rejected"}],
+            "minProperties": 1,
+        },
+    )
+
+    action: AuditAction | MISSING = MISSING
+    status: AuditStatus | MISSING = MISSING
+    actor: Actor | MISSING = MISSING
+    resource_type: ResourceType | MISSING = MISSING
+    resource_id: ResourceId | MISSING | None = MISSING
+    description: Description | MISSING | None = MISSING
+    metadata: Metadata | MISSING = MISSING
+    ip_address: IPAddress | MISSING | None = MISSING
+    user_agent: UserAgent | MISSING | None = MISSING
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        if not self.model_fields_set:
+            raise ValueError("at least one field must be given")
+        return self
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[
+    datetime,
+    AfterValidator(_utc),
+    PlainSerializer(lambda value: value.isoformat().replace("+00:00", "Z"), return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+
+
+class AuditRecordResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "01a215df-8c84-7376-862d-f9dc91ca4485",
+                    **_EXAMPLE_CREATE,
+                    "request_id": "3f1c0b9e-8f7a-4a51-9a4e-0f6f1f2b9c11",
+                    "created_at": "2026-11-26T03:30:00.123456Z",
+                    "updated_at": "2026-11-26T03:30:00.123456Z",
+                }
+            ]
+        }
+    )
+
+    id: UUID
+    action: AuditAction
+    status: AuditStatus
+    actor: str
+    resource_type: str
+    resource_id: str | None
+    description: str | None
+    metadata: dict[str, Any]
+    ip_address: str | None
+    user_agent: str | None
+    request_id: str = Field(description="X-Request-ID of the request that created the record.")
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+
+    @field_validator("ip_address", mode="before")
+    @classmethod
+    def _inet_as_text(cls, value: object) -> object:
+        return value if value is None or isinstance(value, str) else str(value)
+
+
+_CURSOR_FORMAT = ">q16s"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Position after the last record of a page: (created_at, id) in listing order.
+
+    Encoded as URL-safe base64 of microseconds since the epoch and the id's 16 bytes.
+    """
+
+    created_at: datetime
+    id: UUID
+
+    def encode(self) -> str:
+        micros = (self.created_at - _EPOCH) // timedelta(microseconds=1)
+        raw = struct.pack(_CURSOR_FORMAT, micros, self.id.bytes)
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    @classmethod
+    def decode(cls, token: str) -> "Cursor":
+        try:
+            raw = base64.urlsafe_b64decode(token.encode("ascii") + b"==")
+            micros, id_bytes = struct.unpack(_CURSOR_FORMAT, raw)
+            return cls(_EPOCH + timedelta(microseconds=micros), UUID(bytes=id_bytes))
+        except (ValueError, binascii.Error, struct.error, OverflowError):
+            raise ValueError("is not a cursor returned by this API") from None
+
+
+def _decode_cursor(value: object) -> object:
+    return Cursor.decode(value) if isinstance(value, str) else value
+
+
+CursorParam = Annotated[
+    Cursor,
+    BeforeValidator(_decode_cursor),
+    WithJsonSchema({"type": "string", "maxLength": 64, "examples": ["AAYDr3TQ..."]}),
+]
+
+
+def _aware(value: datetime) -> datetime:
+    """Timestamps without an offset are taken as UTC."""
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range") from None
+
+
+FilterDatetime = Annotated[datetime, AfterValidator(_aware)]
+
+
+class AuditListParams(BaseModel):
+    """Query of `GET /api/v1/audits`."""
+
+    limit: int = Field(
+        default=PAGE_LIMIT_DEFAULT, ge=1, le=PAGE_LIMIT_MAX, description="Page size."
+    )
+    offset: int = Field(default=0, ge=0, le=OFFSET_MAX, description="Records to skip.")
+    cursor: CursorParam | None = Field(
+        default=None, description="`next_cursor` of the previous page (keyset pagination)."
+    )
+    include_total: bool = Field(
+        default=True, description="Count the filtered records; false skips it (`total` null)."
+    )
+    action: AuditAction | None = None
+    status: AuditStatus | None = None
+    actor: Actor | None = None
+    resource_type: ResourceType | None = None
+    resource_id: ResourceId | None = None
+    created_from: FilterDatetime | None = Field(
+        default=None, description="Records created at or after this instant (UTC if no offset)."
+    )
+    created_to: FilterDatetime | None = Field(
+        default=None, description="Records created at or before this instant (UTC if no offset)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.cursor is not None and self.offset:
+            raise ValueError("use either cursor or offset, not both")
+        if self.created_from and self.created_to and self.created_from > self.created_to:
+            raise ValueError("created_from must not be after created_to")
+        return self
+
+
+class AuditRecordPage(BaseModel):
+    """One page of records, newest first (`created_at` descending, then `id` descending)."""
+
+    items: list[AuditRecordResponse]
+    total: int | None = Field(
+        description="Records matching the filters (ignoring offset and cursor); null when "
+        "include_total=false."
+    )
+    limit: int
+    offset: int
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page."
+    )

@@ -1,0 +1,215 @@
+"""Audit records in PostgreSQL: one SQL statement per operation on the hot paths.
+
+Writes use Core `INSERT/UPDATE/DELETE … RETURNING`, so a record is written and read back
+in one round trip without ORM identity-map bookkeeping.
+"""
+
+import hashlib
+import json
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import ColumnElement, Row, delete, func, insert, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from audits_service.audits.exceptions import (
+    AuditNotFound,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+)
+from audits_service.audits.models import audit_record, idempotency_key, uuid7
+from audits_service.audits.schemas import (
+    AuditListParams,
+    AuditRecordCreate,
+    AuditRecordPage,
+    AuditRecordResponse,
+    AuditRecordUpdate,
+    Cursor,
+)
+
+_COLUMNS = tuple(audit_record.c)
+_NEWEST_FIRST = (audit_record.c.created_at.desc(), audit_record.c.id.desc())
+# Seed of `hashtextextended` for the advisory lock guarding one idempotency key.
+_IDEMPOTENCY_LOCK_SEED = 0x6175646974
+_PURGE_BATCH = 10_000
+_PURGE_MAX_BATCHES = 100
+
+
+def _response(row: Row[Any]) -> AuditRecordResponse:
+    return AuditRecordResponse.model_validate(row._mapping)
+
+
+def _insert_record(data: AuditRecordCreate, request_id: str) -> Any:
+    return (
+        insert(audit_record)
+        .values(id=uuid7(), request_id=request_id, **data.model_dump())
+        .returning(*_COLUMNS)
+    )
+
+
+async def create_audit(
+    session: AsyncSession, data: AuditRecordCreate, request_id: str
+) -> AuditRecordResponse:
+    row = (await session.execute(_insert_record(data, request_id))).one()
+    await session.commit()
+    return _response(row)
+
+
+def fingerprint(data: AuditRecordCreate) -> str:
+    canonical = json.dumps(
+        data.model_dump(mode="json"), sort_keys=True, ensure_ascii=False, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def create_audit_idempotent(
+    session: AsyncSession,
+    data: AuditRecordCreate,
+    request_id: str,
+    key: str,
+    ttl: timedelta,
+) -> tuple[AuditRecordResponse, bool]:
+    """Create once per key; a repeat gets the first response back. Returns (record, replayed).
+
+    A transaction-scoped advisory lock on the key makes a concurrent repeat fail fast
+    (409) instead of waiting, and the key row is committed in the same transaction as
+    the record, so either both exist or neither does, whichever replica served it.
+    """
+    digest = fingerprint(data)
+    lock = func.pg_try_advisory_xact_lock(func.hashtextextended(key, _IDEMPOTENCY_LOCK_SEED))
+    if not await session.scalar(select(lock)):
+        raise IdempotencyInProgress
+    stored = (
+        await session.execute(
+            select(idempotency_key.c.fingerprint, idempotency_key.c.response).where(
+                idempotency_key.c.key == key, idempotency_key.c.expires_at > func.now()
+            )
+        )
+    ).one_or_none()
+    if stored is not None:
+        await session.rollback()
+        if stored.fingerprint != digest:
+            raise IdempotencyKeyReused(
+                "This Idempotency-Key was used with a different request body."
+            )
+        return AuditRecordResponse.model_validate(stored.response), True
+
+    record = _response((await session.execute(_insert_record(data, request_id))).one())
+    values = {
+        "fingerprint": digest,
+        "audit_id": record.id,
+        "response": record.model_dump(mode="json"),
+        "created_at": func.now(),
+        "expires_at": func.now() + ttl,
+    }
+    # A row still there under this key has expired (the lookup above saw none alive).
+    upsert = pg_insert(idempotency_key).values(key=key, **values)
+    await session.execute(
+        upsert.on_conflict_do_update(index_elements=[idempotency_key.c.key], set_=values)
+    )
+    await session.commit()
+    return record, False
+
+
+async def get_audit(session: AsyncSession, audit_id: UUID) -> AuditRecordResponse:
+    row = (
+        await session.execute(select(*_COLUMNS).where(audit_record.c.id == audit_id))
+    ).one_or_none()
+    if row is None:
+        raise AuditNotFound(f"No audit record with id {audit_id}.")
+    return _response(row)
+
+
+def _filters(params: AuditListParams) -> list[ColumnElement[bool]]:
+    c = audit_record.c
+    equal = {
+        c.action: params.action,
+        c.status: params.status,
+        c.actor: params.actor,
+        c.resource_type: params.resource_type,
+        c.resource_id: params.resource_id,
+    }
+    conditions = [column == value for column, value in equal.items() if value is not None]
+    if params.created_from is not None:
+        conditions.append(c.created_at >= params.created_from)
+    if params.created_to is not None:
+        conditions.append(c.created_at <= params.created_to)
+    return conditions
+
+
+async def list_audits(session: AsyncSession, params: AuditListParams) -> AuditRecordPage:
+    conditions = _filters(params)
+    page = select(*_COLUMNS).where(*conditions)
+    if params.cursor is not None:
+        # A row comparison is a single index range condition on (created_at, id).
+        after = tuple_(audit_record.c.created_at, audit_record.c.id) < tuple_(
+            params.cursor.created_at, params.cursor.id
+        )
+        page = page.where(after)
+    page = page.order_by(*_NEWEST_FIRST).limit(params.limit + 1).offset(params.offset)
+    rows = (await session.execute(page)).all()
+    items = [_response(row) for row in rows[: params.limit]]
+    next_cursor = None
+    if len(rows) > params.limit:
+        last = items[-1]
+        next_cursor = Cursor(last.created_at, last.id).encode()
+    total = None
+    if params.include_total:
+        count = select(func.count()).select_from(audit_record).where(*conditions)
+        total = (await session.execute(count)).scalar_one()
+    return AuditRecordPage(
+        items=items,
+        total=total,
+        limit=params.limit,
+        offset=params.offset,
+        next_cursor=next_cursor,
+    )
+
+
+async def update_audit(
+    session: AsyncSession, audit_id: UUID, data: AuditRecordUpdate
+) -> AuditRecordResponse:
+    c = audit_record.c
+    # Strictly later than before even if the clock steps back or two updates share a tick.
+    updated_at = func.greatest(func.now(), c.updated_at + timedelta(microseconds=1))
+    statement = (
+        update(audit_record)
+        .where(c.id == audit_id)
+        .values(**data.model_dump(exclude_unset=True), updated_at=updated_at)
+        .returning(*_COLUMNS)
+    )
+    row = (await session.execute(statement)).one_or_none()
+    if row is None:
+        raise AuditNotFound(f"No audit record with id {audit_id}.")
+    await session.commit()
+    return _response(row)
+
+
+async def delete_audit(session: AsyncSession, audit_id: UUID) -> None:
+    statement = delete(audit_record).where(audit_record.c.id == audit_id)
+    deleted = (await session.execute(statement.returning(audit_record.c.id))).scalar_one_or_none()
+    if deleted is None:
+        raise AuditNotFound(f"No audit record with id {audit_id}.")
+    await session.commit()
+
+
+async def purge_expired_keys(engine: AsyncEngine) -> int:
+    """Delete expired idempotency keys in bounded batches; returns how many went."""
+    expired = (
+        select(idempotency_key.c.key)
+        .where(idempotency_key.c.expires_at <= func.now())
+        .limit(_PURGE_BATCH)
+        .with_for_update(skip_locked=True)
+    )
+    purged = 0
+    for _ in range(_PURGE_MAX_BATCHES):
+        async with engine.begin() as connection:
+            result = await connection.execute(
+                delete(idempotency_key).where(idempotency_key.c.key.in_(expired))
+            )
+        purged += result.rowcount
+        if result.rowcount < _PURGE_BATCH:
+            break
+    return purged

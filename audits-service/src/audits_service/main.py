@@ -1,0 +1,80 @@
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import TypedDict
+
+from fastapi import FastAPI
+from loguru import logger
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from audits_service import __version__
+from audits_service.audits.router import router as audits_router
+from audits_service.audits.service import purge_expired_keys
+from audits_service.config import Settings
+from audits_service.database import create_engine, create_sessionmaker
+from audits_service.health import database_ready, migration_head
+from audits_service.health import router as database_health_router
+from servicekit import health_router, install_servicekit
+
+# How often expired idempotency keys are deleted, in seconds.
+PURGE_INTERVAL = 600.0
+
+
+class State(TypedDict):
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    migration_head: str | None
+
+
+async def _purge_forever(engine: AsyncEngine) -> None:
+    while True:
+        await asyncio.sleep(PURGE_INTERVAL)
+        try:
+            purged = await purge_expired_keys(engine)
+        except Exception as exc:  # the database may be down; try again next round
+            logger.warning("idempotency key purge failed: {}", type(exc).__name__)
+        else:
+            logger.info("idempotency keys purged", purged=purged)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
+    engine = create_engine(settings)
+    head = migration_head(settings.migrations_dir)
+    logger.info(
+        "audits service starting",
+        database=settings.database_url_safe,
+        pool_size=settings.db_pool_size,
+        migration_head=head,
+    )
+    purge = asyncio.create_task(_purge_forever(engine))
+    try:
+        yield {
+            "settings": settings,
+            "engine": engine,
+            "sessionmaker": create_sessionmaker(engine),
+            "migration_head": head,
+        }
+    finally:
+        purge.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await purge
+        await engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(
+        title="Audits",
+        version=__version__,
+        summary="Audit-trail records in PostgreSQL.",
+        lifespan=partial(lifespan, settings=settings),
+    )
+    install_servicekit(app, service="audits", settings=settings)
+    app.include_router(health_router("audits", ready=database_ready))
+    app.include_router(database_health_router)
+    app.include_router(audits_router, prefix="/api/v1")
+    return app

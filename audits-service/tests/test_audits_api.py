@@ -1,0 +1,238 @@
+"""Every rule of SPEC §5 for single records, at the HTTP level."""
+
+from datetime import datetime
+from uuid import UUID, uuid4
+
+import httpx
+import pytest
+from audits_service.audits.constants import AuditAction, AuditStatus
+
+from conftest import AUDITS, record
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, object] = response.json()
+    assert body["code"] == code
+    assert body["status"] == status
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body
+
+
+async def test_create_returns_201_location_and_the_record(client: httpx.AsyncClient) -> None:
+    body = record(
+        resource_id="doc-1",
+        description="Opened the report",
+        metadata={"tags": ["a", "b"], "nested": {"level": 2}},
+        ip_address="203.0.113.7",
+        user_agent="curl/8",
+    )
+    response = await client.post(AUDITS, json=body, headers={"X-Request-ID": "req-create-1"})
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert response.headers["location"] == f"{AUDITS}/{created['id']}"
+    assert UUID(created["id"])
+    for field, value in body.items():
+        assert created[field] == value
+    assert created["status"] == "success"
+    assert created["request_id"] == "req-create-1"
+    assert created["created_at"].endswith("Z")
+    assert created["created_at"] == created["updated_at"]
+    datetime.fromisoformat(created["created_at"])
+
+    fetched = await client.get(response.headers["location"])
+    assert fetched.status_code == 200
+    assert fetched.json() == created
+
+
+async def test_defaults_and_generated_request_id(client: httpx.AsyncClient) -> None:
+    response = await client.post(AUDITS, json=record())
+    created = response.json()
+    assert created["status"] == "success"
+    assert created["metadata"] == {}
+    for field in ("resource_id", "description", "ip_address", "user_agent"):
+        assert created[field] is None
+    assert created["request_id"] == response.headers["x-request-id"]
+    UUID(created["request_id"])
+
+
+@pytest.mark.parametrize(
+    ("address", "stored"),
+    [("192.0.2.1", "192.0.2.1"), ("2001:0db8:0000::0001", "2001:db8::1"), ("::1", "::1")],
+)
+async def test_ip_addresses(client: httpx.AsyncClient, address: str, stored: str) -> None:
+    response = await client.post(AUDITS, json=record(ip_address=address))
+    assert response.status_code == 201, response.text
+    assert response.json()["ip_address"] == stored
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(record(unknown="x"), id="unknown-field"),
+        pytest.param({"actor": "a", "resource_type": "t"}, id="missing-action"),
+        pytest.param(record(actor=""), id="empty-actor"),
+        pytest.param(record(actor="a" * 256), id="long-actor"),
+        pytest.param(record(resource_type="t" * 101), id="long-resource-type"),
+        pytest.param(record(resource_id="r" * 256), id="long-resource-id"),
+        pytest.param(record(description="d" * 2001), id="long-description"),
+        pytest.param(record(user_agent="u" * 513), id="long-user-agent"),
+        pytest.param(record(actor="a\x00b"), id="nul-actor"),
+        pytest.param(record(description="\x00"), id="nul-description"),
+        pytest.param(record(metadata={"k\x00": 1}), id="nul-metadata-key"),
+        pytest.param(record(metadata={"k": ["ok", {"v": "x\x00"}]}), id="nul-metadata-value"),
+        pytest.param(record(metadata=[1, 2]), id="metadata-not-object"),
+        pytest.param(record(metadata={"blob": "x" * 16_400}), id="metadata-too-big"),
+        pytest.param(record(ip_address="999.1.1.1"), id="bad-ipv4"),
+        pytest.param(record(ip_address="fe80::1%eth0"), id="ipv6-zone"),
+        pytest.param(record(ip_address="10.0.0.0/8"), id="network-not-address"),
+        pytest.param(record(actor=42), id="actor-not-string"),
+        pytest.param(record(status=None), id="null-status"),
+    ],
+)
+async def test_invalid_creates_are_422(client: httpx.AsyncClient, body: object) -> None:
+    response = await client.post(AUDITS, json=body)
+    problem = assert_problem(response, 422, "validation_error")
+    assert problem["errors"]
+
+
+def nested(levels: int) -> dict[str, object]:
+    """A metadata object `levels` deep, the object itself being level 1."""
+    value: dict[str, object] = {}
+    for _ in range(levels - 1):
+        value = {"n": value}
+    return value
+
+
+async def test_metadata_limits(client: httpx.AsyncClient) -> None:
+    assert (await client.post(AUDITS, json=record(metadata=nested(10)))).status_code == 201
+    deep = await client.post(AUDITS, json=record(metadata=nested(11)))
+    assert_problem(deep, 422, "validation_error")
+    list_deep = await client.post(AUDITS, json=record(metadata={"a": [[[[[[[[[[1]]]]]]]]]]}))
+    assert_problem(list_deep, 422, "validation_error")
+    # 16 KiB of compact JSON exactly: {"b":"xxx…"} is 8 bytes of framing.
+    exact = record(metadata={"b": "x" * (16 * 1024 - 8)})
+    assert (await client.post(AUDITS, json=exact)).status_code == 201
+    over = record(metadata={"b": "x" * (16 * 1024 - 7)})
+    assert_problem(await client.post(AUDITS, json=over), 422, "validation_error")
+
+
+async def test_non_finite_numbers_in_metadata_are_422(client: httpx.AsyncClient) -> None:
+    for literal in ("NaN", "Infinity", "-Infinity", "1e999"):
+        content = (
+            f'{{"action":"read","actor":"a","resource_type":"t","metadata":{{"x":{literal}}}}}'
+        )
+        response = await client.post(
+            AUDITS, content=content, headers={"Content-Type": "application/json"}
+        )
+        assert_problem(response, 422, "validation_error")
+
+
+async def test_lone_surrogate_is_422(client: httpx.AsyncClient) -> None:
+    content = '{"action":"read","actor":"\\ud800","resource_type":"t"}'
+    response = await client.post(
+        AUDITS, content=content, headers={"Content-Type": "application/json"}
+    )
+    assert_problem(response, 422, "validation_error")
+
+
+async def test_wrong_enum_lists_the_allowed_values(client: httpx.AsyncClient) -> None:
+    problem = assert_problem(
+        await client.post(AUDITS, json=record(action="destroy")), 422, "validation_error"
+    )
+    message = str(problem["errors"])
+    for action in AuditAction:
+        assert f"'{action.value}'" in message
+    problem = assert_problem(
+        await client.post(AUDITS, json=record(status="maybe")), 422, "validation_error"
+    )
+    for status in AuditStatus:
+        assert f"'{status.value}'" in str(problem["errors"])
+
+
+async def test_get_unknown_is_404_and_malformed_id_is_422(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get(f"{AUDITS}/{uuid4()}"), 404, "not_found")
+    assert_problem(await client.get(f"{AUDITS}/not-a-uuid"), 422, "validation_error")
+    assert_problem(await client.put(f"{AUDITS}/nope", json={"actor": "x"}), 422, "validation_error")
+    assert_problem(await client.delete(f"{AUDITS}/nope"), 422, "validation_error")
+
+
+async def test_update_subset_advances_updated_at(client: httpx.AsyncClient) -> None:
+    created = (await client.post(AUDITS, json=record(description="before"))).json()
+    response = await client.put(
+        f"{AUDITS}/{created['id']}", json={"status": "failure", "description": None}
+    )
+    assert response.status_code == 200, response.text
+    updated = response.json()
+    assert updated["status"] == "failure"
+    assert updated["description"] is None
+    assert updated["actor"] == created["actor"]
+    assert updated["created_at"] == created["created_at"]
+    assert updated["request_id"] == created["request_id"]
+    assert datetime.fromisoformat(updated["updated_at"]) > datetime.fromisoformat(
+        created["updated_at"]
+    )
+    assert (await client.get(f"{AUDITS}/{created['id']}")).json() == updated
+
+    again = (await client.put(f"{AUDITS}/{created['id']}", json={"status": "failure"})).json()
+    assert again["updated_at"] > updated["updated_at"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({}, id="empty"),
+        pytest.param({"actor": None}, id="null-actor"),
+        pytest.param({"action": None}, id="null-action"),
+        pytest.param({"status": None}, id="null-status"),
+        pytest.param({"resource_type": None}, id="null-resource-type"),
+        pytest.param({"metadata": None}, id="null-metadata"),
+        pytest.param({"id": "x"}, id="read-only-id"),
+        pytest.param({"request_id": "x"}, id="read-only-request-id"),
+        pytest.param({"created_at": "2020-01-01T00:00:00Z"}, id="read-only-created-at"),
+        pytest.param({"action": "destroy"}, id="bad-enum"),
+        pytest.param({"actor": "a" * 256}, id="long-actor"),
+        pytest.param({"user_agent": "\x00"}, id="nul"),
+    ],
+)
+async def test_invalid_updates_are_422(client: httpx.AsyncClient, body: object) -> None:
+    created = (await client.post(AUDITS, json=record())).json()
+    response = await client.put(f"{AUDITS}/{created['id']}", json=body)
+    assert_problem(response, 422, "validation_error")
+
+
+async def test_update_unknown_is_404(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.put(f"{AUDITS}/{uuid4()}", json={"actor": "x"}), 404, "not_found")
+
+
+async def test_delete_then_404(client: httpx.AsyncClient) -> None:
+    created = (await client.post(AUDITS, json=record())).json()
+    response = await client.delete(f"{AUDITS}/{created['id']}")
+    assert response.status_code == 204
+    assert response.content == b""
+    assert_problem(await client.delete(f"{AUDITS}/{created['id']}"), 404, "not_found")
+    assert_problem(await client.get(f"{AUDITS}/{created['id']}"), 404, "not_found")
+
+
+async def test_body_that_is_not_json_is_a_problem(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        AUDITS, content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_health_db_reports_migration_state(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health/db")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["latency_ms"] >= 0
+    assert body["migration"]["up_to_date"] is True
+    assert body["migration"]["current"] == body["migration"]["head"]
+    ready = await client.get("/health/ready")
+    assert ready.status_code == 200
+    assert (await client.get("/health")).status_code == 200
