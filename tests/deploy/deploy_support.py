@@ -1,0 +1,478 @@
+"""Static stand-ins for what needs a Docker engine or a cluster, used by the deploy tests.
+
+- `parse_dockerfile`: the instructions of each stage, as Docker's parser splits them.
+- `build_image_filesystem`: replays a Dockerfile's builder stage on the host (its COPYs with
+  `.dockerignore` applied, its bind mounts, its `uv sync` commands and ENV) into a directory
+  standing for the image's root, then keeps only what the final stage copies. The result is
+  the image's virtual environment, at the image's own paths under that directory.
+- `render_kustomization`: the subset of kustomize this repository uses (resources, labels,
+  namespace, images, JSON 6902 patches and `$patch: delete`), refusing anything else so that
+  it can never silently render something kustomize would render differently.
+"""
+
+import copy
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Dockerfile location -> import package of each service.
+SERVICES = {
+    "gateway": "gateway",
+    "audits-service": "audits_service",
+    "llm-service": "llm_service",
+}
+
+# The PATH of the official python images, so that nothing of the host leaks in.
+IMAGE_BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+Manifest = dict[str, Any]
+
+
+# --- Dockerfiles --------------------------------------------------------------------------
+
+
+@dataclass
+class Instruction:
+    keyword: str
+    flags: list[tuple[str, str]]
+    args: str
+
+    def flag(self, name: str) -> str | None:
+        return next((value for key, value in self.flags if key == name), None)
+
+    def json_args(self) -> list[str]:
+        value = json.loads(self.args)
+        assert isinstance(value, list), f"{self.keyword} is not in exec (JSON) form"
+        return [str(part) for part in value]
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[Instruction] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[Instruction]:
+        return [i for i in self.instructions if i.keyword == keyword]
+
+    def env(self, start: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(start or {})
+        for instruction in self.all("ENV"):
+            for token in shlex.split(instruction.args):
+                key, _, value = token.partition("=")
+                env[key] = _expand(value, env)
+        return env
+
+
+@dataclass
+class Dockerfile:
+    path: Path
+    stages: list[Stage]
+
+    @property
+    def final(self) -> Stage:
+        return self.stages[-1]
+
+    def stage(self, name: str) -> Stage:
+        return next(stage for stage in self.stages if stage.name == name)
+
+    def healthcheck(self) -> list[str]:
+        (instruction,) = self.final.all("HEALTHCHECK")
+        command = instruction.args.partition("CMD")[2].strip()
+        return [str(part) for part in json.loads(command)]
+
+    def cmd(self) -> list[str]:
+        (instruction,) = self.final.all("CMD")
+        return instruction.json_args()
+
+
+_FLAG = re.compile(r"--([a-z-]+)=(\S+)\s+")
+
+
+def _expand(value: str, env: dict[str, str]) -> str:
+    return re.sub(
+        r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?",
+        lambda match: env.get(match.group(1), ""),
+        value,
+    )
+
+
+def _logical_lines(text: str) -> list[str]:
+    lines: list[str] = []
+    current = ""
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if stripped.startswith("#") or (not stripped and not current):
+            continue
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        current += stripped
+        if current.strip():
+            lines.append(current.strip())
+        current = ""
+    assert not current, "Dockerfile ends inside a continued line"
+    return lines
+
+
+def parse_dockerfile(path: Path) -> Dockerfile:
+    stages: list[Stage] = []
+    for line in _logical_lines(path.read_text()):
+        keyword, _, rest = line.partition(" ")
+        keyword = keyword.upper()
+        flags: list[tuple[str, str]] = []
+        rest = rest.strip() + " "
+        while match := _FLAG.match(rest):
+            flags.append((match.group(1), match.group(2)))
+            rest = rest[match.end() :]
+        rest = rest.strip()
+        if keyword == "FROM":
+            parts = rest.split()
+            name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
+            stages.append(Stage(base=parts[0], name=name))
+        else:
+            assert stages, f"{keyword} before FROM in {path}"
+            stages[-1].instructions.append(Instruction(keyword, flags, rest))
+    return Dockerfile(path, stages)
+
+
+def dockerfiles() -> dict[str, Dockerfile]:
+    return {service: parse_dockerfile(REPO / service / "Dockerfile") for service in SERVICES}
+
+
+# --- .dockerignore --------------------------------------------------------------------------
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    out = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out += "(?:.*/)?"
+            i += 3
+        elif pattern.startswith("**", i):
+            out += ".*"
+            i += 2
+        elif pattern[i] == "*":
+            out += "[^/]*"
+            i += 1
+        elif pattern[i] == "?":
+            out += "[^/]"
+            i += 1
+        elif pattern[i] == "[":
+            end = pattern.index("]", i)
+            out += pattern[i : end + 1]
+            i = end + 1
+        else:
+            out += re.escape(pattern[i])
+            i += 1
+    return re.compile(out)
+
+
+@dataclass
+class DockerIgnore:
+    """Docker's rules: the last pattern matching a path or one of its parents decides."""
+
+    patterns: list[tuple[bool, re.Pattern[str]]]
+
+    @classmethod
+    def load(cls, path: Path) -> "DockerIgnore":
+        patterns = []
+        for raw in path.read_text().splitlines():
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            negate = line.startswith("!")
+            cleaned = os.path.normpath(line.lstrip("!").strip()).lstrip("/")
+            patterns.append((negate, _pattern_regex(cleaned)))
+        return cls(patterns)
+
+    def excluded(self, relative: str) -> bool:
+        parts = PurePosixPath(relative).parts
+        candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+        excluded = False
+        for negate, regex in self.patterns:
+            if any(regex.fullmatch(candidate) for candidate in candidates):
+                excluded = not negate
+        return excluded
+
+
+# --- replaying a Dockerfile -------------------------------------------------------------------
+
+
+@dataclass
+class ImageFilesystem:
+    """An image's files under `root`, with its runtime environment remapped onto the host."""
+
+    service: str
+    dockerfile: Dockerfile
+    root: Path
+    image_paths: list[str]
+    build_log: str
+
+    def host_path(self, image_path: str) -> Path:
+        return self.root / image_path.lstrip("/")
+
+    def remap(self, value: str) -> str:
+        parts = []
+        for part in value.split(":"):
+            if any(part == p or part.startswith(p + "/") for p in self.image_paths):
+                parts.append(str(self.host_path(part)))
+            else:
+                parts.append(part)
+        return ":".join(parts)
+
+    def runtime_env(self, **overrides: str) -> dict[str, str]:
+        image_env = self.dockerfile.final.env({"PATH": IMAGE_BASE_PATH})
+        env = {key: self.remap(value) for key, value in image_env.items()}
+        env["HOME"] = str(self.root / "nonexistent")
+        env.update(overrides)
+        return env
+
+    @property
+    def workdir(self) -> Path:
+        (workdir,) = self.dockerfile.final.all("WORKDIR")
+        return self.host_path(workdir.args)
+
+    def which(self, program: str, env: dict[str, str]) -> str:
+        found = shutil.which(program, path=env["PATH"])
+        assert found, f"{program} is not on the image's PATH"
+        return found
+
+    def run(
+        self, argv: list[str], timeout: float = 60, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        full_env = self.runtime_env(**env)
+        return subprocess.run(
+            [self.which(argv[0], full_env), *argv[1:]],
+            env=full_env,
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def popen(self, argv: list[str], log: Path, **env: str) -> subprocess.Popen[bytes]:
+        full_env = self.runtime_env(**env)
+        with log.open("wb") as out:
+            return subprocess.Popen(
+                [self.which(argv[0], full_env), *argv[1:]],
+                env=full_env,
+                cwd=self.workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+
+def _copy_into(source: Path, destination: Path, ignore: DockerIgnore) -> None:
+    """COPY from the build context: a directory's contents, or a file, minus ignored paths."""
+    if source.is_file():
+        relative = source.relative_to(REPO).as_posix()
+        assert not ignore.excluded(relative), f"{relative} is not in the build context"
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)
+        return
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(REPO).as_posix()
+        if ignore.excluded(relative) or not path.is_file():
+            continue
+        target = destination / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+
+
+def _uv() -> str:
+    found = os.environ.get("UV") or shutil.which("uv")
+    assert found, "uv is needed to replay the Dockerfiles' uv sync"
+    return found
+
+
+def build_image_filesystem(service: str, root: Path) -> ImageFilesystem:
+    """Replay `service`'s Dockerfile into `root`: builder stage, then the final stage's COPYs."""
+    dockerfile = parse_dockerfile(REPO / service / "Dockerfile")
+    ignore = DockerIgnore.load(REPO / ".dockerignore")
+    builder = dockerfile.stage("builder")
+    image_env = builder.env()
+    image_paths = sorted(
+        {i.args for s in dockerfile.stages for i in s.all("WORKDIR")}
+        | {image_env["UV_PROJECT_ENVIRONMENT"]}
+        | {
+            i.args.split()[-1].rstrip("/")
+            for i in dockerfile.final.all("COPY")
+            if i.args.split()[-1].startswith("/")
+        }
+    )
+    fs = ImageFilesystem(service, dockerfile, root, image_paths, build_log="")
+    host_env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", str(root)),
+        # The image has exactly one interpreter: give uv the base one of this run, not a venv.
+        "UV_PYTHON": str(Path(sys.base_prefix) / "bin" / "python3"),
+        "UV_NO_PROGRESS": "1",
+        **{k: v for k, v in os.environ.items() if k in {"UV_CACHE_DIR", "UV_INDEX_URL"}},
+    }
+    workdir = root
+    logs: list[str] = []
+    for instruction in builder.instructions:
+        if instruction.keyword == "WORKDIR":
+            workdir = fs.host_path(instruction.args)
+            workdir.mkdir(parents=True, exist_ok=True)
+        elif instruction.keyword == "COPY" and instruction.flag("from") is None:
+            *sources, destination = instruction.args.split()
+            target = workdir / destination if not destination.startswith("/") else None
+            target = target or fs.host_path(destination)
+            for source in sources:
+                dest = target / Path(source).name if destination.endswith("/") else target
+                if (REPO / source).is_dir():
+                    dest = target
+                _copy_into(REPO / source, dest, ignore)
+        elif instruction.keyword == "RUN":
+            mounted: list[Path] = []
+            for key, value in instruction.flags:
+                options = dict(item.split("=", 1) for item in value.split(","))
+                if key == "mount" and options.get("type") == "bind":
+                    target = workdir / options["target"]
+                    if not target.exists():
+                        _copy_into(REPO / options["source"], target, ignore)
+                        mounted.append(target)
+            argv = shlex.split(instruction.args)
+            assert argv[:2] == ["uv", "sync"], f"cannot replay RUN {instruction.args!r}"
+            env = {**host_env, **{k: fs.remap(v) for k, v in image_env.items()}}
+            result = subprocess.run(
+                [_uv(), *argv[1:]],
+                cwd=workdir,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            logs.append(f"$ {instruction.args}\n{result.stdout}{result.stderr}")
+            assert result.returncode == 0, logs[-1]
+            for target in mounted:
+                target.unlink()
+        elif instruction.keyword not in {"ENV", "COPY"}:
+            raise AssertionError(f"cannot replay {instruction.keyword} in the builder stage")
+    fs.build_log = "\n".join(logs)
+
+    # The final stage starts from a clean base: keep only what it copies from the builder
+    # (at the same path, so the venv's absolute paths stay right), then its own COPYs.
+    staging = root.with_name(root.name + ".final")
+    for instruction in dockerfile.final.all("COPY"):
+        source, destination = instruction.args.split()
+        if instruction.flag("from") == "builder":
+            assert source.rstrip("/") == destination.rstrip("/"), "venv must keep its path"
+            kept = staging / source.lstrip("/")
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            fs.host_path(source).rename(kept)
+    shutil.rmtree(root)
+    staging.rename(root)
+    for instruction in dockerfile.final.all("COPY"):
+        if instruction.flag("from") is None:
+            source, destination = instruction.args.split()
+            _copy_into(REPO / source, fs.host_path(destination), ignore)
+    fs.workdir.mkdir(parents=True, exist_ok=True)
+    return fs
+
+
+# --- kustomize ----------------------------------------------------------------------------
+
+_SUPPORTED = {"apiVersion", "kind", "labels", "resources", "namespace", "images", "patches"}
+_CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume"}
+_POD_TEMPLATES = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+
+
+def _same(resource: Manifest, kind: str, name: str) -> bool:
+    return bool(resource["kind"] == kind and resource["metadata"]["name"] == name)
+
+
+def _pointer(path: str) -> list[str]:
+    return [p.replace("~1", "/").replace("~0", "~") for p in path.split("/")[1:]]
+
+
+def _json6902(resource: Manifest, operations: list[dict[str, Any]]) -> None:
+    for operation in operations:
+        *parents, last = _pointer(operation["path"])
+        node: Any = resource
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if operation["op"] == "replace":
+            index: Any = int(last) if isinstance(node, list) else last
+            assert index in node or isinstance(node, list), f"nothing at {operation['path']}"
+            node[index] = operation["value"]
+        elif operation["op"] == "add":
+            if isinstance(node, list):
+                node.insert(len(node) if last == "-" else int(last), operation["value"])
+            else:
+                node[last] = operation["value"]
+        else:
+            raise AssertionError(f"unsupported JSON patch op {operation['op']}")
+
+
+def _pod_specs(resource: Manifest) -> list[Manifest]:
+    if resource["kind"] in _POD_TEMPLATES:
+        return [resource["spec"]["template"]["spec"]]
+    return []
+
+
+def render_kustomization(directory: Path) -> list[Manifest]:
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    unsupported = set(kustomization) - _SUPPORTED
+    assert not unsupported, f"render_kustomization does not implement {unsupported}"
+    resources: list[Manifest] = []
+    for entry in kustomization.get("resources", []):
+        path = directory / entry
+        if path.is_dir():
+            resources.extend(render_kustomization(path))
+        else:
+            resources.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+
+    for patch in kustomization.get("patches", []):
+        body = yaml.safe_load(patch["patch"])
+        if isinstance(body, list):
+            target = patch["target"]
+            assert set(target) <= {"kind", "name"}, f"unsupported patch target {target}"
+            matches = [r for r in resources if _same(r, target["kind"], target["name"])]
+            assert matches, f"patch target {target} matches nothing"
+            for resource in matches:
+                _json6902(resource, body)
+        else:
+            assert body.pop("$patch", None) == "delete", "only `$patch: delete` is rendered"
+            kind, name = body["kind"], body["metadata"]["name"]
+            assert any(_same(r, kind, name) for r in resources), f"nothing to delete: {name}"
+            resources = [r for r in resources if not _same(r, kind, name)]
+
+    for group in kustomization.get("labels", []):
+        assert not group.get("includeSelectors"), "selector labels are not rendered"
+        for resource in resources:
+            resource["metadata"].setdefault("labels", {}).update(group["pairs"])
+            if group.get("includeTemplates") and resource["kind"] in _POD_TEMPLATES:
+                template = resource["spec"]["template"].setdefault("metadata", {})
+                template.setdefault("labels", {}).update(group["pairs"])
+
+    if namespace := kustomization.get("namespace"):
+        for resource in resources:
+            if resource["kind"] not in _CLUSTER_SCOPED:
+                resource["metadata"]["namespace"] = namespace
+
+    for image in kustomization.get("images", []):
+        for resource in resources:
+            for spec in _pod_specs(resource):
+                for container in spec.get("containers", []) + spec.get("initContainers", []):
+                    name, _, tag = container["image"].partition(":")
+                    if name == image["name"]:
+                        new_name = image.get("newName", name)
+                        container["image"] = f"{new_name}:{image.get('newTag', tag)}"
+    return copy.deepcopy(resources)
