@@ -16,7 +16,7 @@ from audits_service.config import Settings
 from audits_service.database import create_engine, create_sessionmaker
 from audits_service.health import database_ready, migration_head
 from audits_service.health import router as database_health_router
-from servicekit import health_router, install_servicekit
+from servicekit import health_router, install_graceful_shutdown, install_servicekit
 
 # How often expired idempotency keys are deleted, in seconds.
 PURGE_INTERVAL = 600.0
@@ -42,6 +42,7 @@ async def _purge_forever(engine: AsyncEngine) -> None:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
+    install_graceful_shutdown(app, settings.shutdown_drain_seconds)
     engine = create_engine(settings)
     head = migration_head(settings.migrations_dir)
     logger.info(
