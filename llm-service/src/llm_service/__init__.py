@@ -1,1 +1,3 @@
-"""llm_service."""
+"""Hardened OpenAI wrapper: one retry policy, streaming, OpenAI wire compatibility."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,227 @@
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from llm_service.chat.constants import MAX_MESSAGE_CHARS, MAX_MESSAGES, MAX_TOTAL_CHARS
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "messages": [
+                        {"role": "system", "content": "You answer in one sentence."},
+                        {"role": "user", "content": "What is an audit trail?"},
+                    ],
+                    "temperature": 0.2,
+                    "max_tokens": 200,
+                }
+            ]
+        },
+    )
+
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    model: str | None = Field(
+        default=None, description="One of the allowlisted models; `OPENAI_MODEL` when omitted."
+    )
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="At most `OPENAI_MAX_TOKENS`; a larger value is rejected with 422.",
+    )
+    stream: bool = Field(
+        default=False, description="Answer as server-sent events (`text/event-stream`)."
+    )
+
+    @model_validator(mode="after")
+    def _total_size(self) -> "ChatRequest":
+        if sum(len(message.content) for message in self.messages) > MAX_TOTAL_CHARS:
+            raise ValueError(f"the messages hold more than {MAX_TOTAL_CHARS} characters in all")
+        return self
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
+                    "model": "gpt-4o-mini-2024-07-18",
+                    "message": {
+                        "role": "assistant",
+                        "content": "A chronological record of who did what, and when.",
+                    },
+                    "finish_reason": "stop",
+                    "usage": {"prompt_tokens": 25, "completion_tokens": 12, "total_tokens": 37},
+                }
+            ]
+        }
+    )
+
+    id: str
+    model: str
+    message: AssistantMessage
+    finish_reason: str | None
+    usage: Usage | None
+
+
+class ChatStreamDelta(BaseModel):
+    """One `data:` event of a streamed chat: a piece of the reply."""
+
+    id: str
+    model: str
+    delta: str
+
+
+class ChatStreamEnd(BaseModel):
+    """The last `data:` event before `data: [DONE]`."""
+
+    id: str
+    model: str
+    finish_reason: str | None
+    usage: Usage | None
+
+
+# OpenAI's wire format. Only what we guard is typed; every other field of OpenAI's chat
+# completion request (tools, tool_choice, response_format, seed, stop, n, top_p, penalties,
+# logit_bias, user, stream_options, ...) is forwarded upstream byte for byte.
+
+
+class WireMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+    def text_size(self) -> int:
+        if isinstance(self.content, str):
+            return len(self.content)
+        if self.content is None:
+            return 0
+        return sum(len(part.get("text") or "") for part in self.content)
+
+
+class WireChatRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "gpt-4o-mini",
+                    "messages": [{"role": "user", "content": "Say hello."}],
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                }
+            ]
+        },
+    )
+
+    model: str | None = Field(default=None, description="Allowlisted; `OPENAI_MODEL` if omitted.")
+    messages: list[WireMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: int | None = Field(default=None, ge=1, description="At most `OPENAI_MAX_TOKENS`.")
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, description="At most `OPENAI_MAX_TOKENS`."
+    )
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int | None = Field(default=None, ge=1)
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "WireChatRequest":
+        sizes = [message.text_size() for message in self.messages]
+        if max(sizes) > MAX_MESSAGE_CHARS:
+            raise ValueError(f"a message holds more than {MAX_MESSAGE_CHARS} characters")
+        if sum(sizes) > MAX_TOTAL_CHARS:
+            raise ValueError(f"the messages hold more than {MAX_TOTAL_CHARS} characters in all")
+        return self
+
+
+class WireChatCompletion(BaseModel):
+    """OpenAI's chat completion object, returned exactly as the upstream sent it."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
+                    "object": "chat.completion",
+                    "created": 1741570283,
+                    "model": "gpt-4o-mini-2024-07-18",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "Hello!"},
+                            "logprobs": None,
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
+                }
+            ]
+        },
+    )
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[dict[str, Any]]
+    usage: dict[str, Any] | None = None
+
+
+class WireModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "openai"
+
+
+class WireModelList(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": "gpt-4o-mini", "object": "model", "created": 0, "owned_by": "openai"}
+                    ],
+                }
+            ]
+        }
+    )
+
+    object: Literal["list"] = "list"
+    data: list[WireModel]

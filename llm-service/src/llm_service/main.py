@@ -1,0 +1,76 @@
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import TypedDict
+
+from fastapi import FastAPI, Request
+from loguru import logger
+from openai import AsyncOpenAI
+
+from llm_service import __version__
+from llm_service.chat.router import router as chat_router
+from llm_service.chat.service import ChatService, KeyStatus, check_key
+from llm_service.config import Settings
+from servicekit import ReadinessCheck, health_router, install_graceful_shutdown, install_servicekit
+
+
+class State(TypedDict):
+    chat: ChatService | None
+    key_status: KeyStatus
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
+    install_graceful_shutdown(app, settings.shutdown_drain_seconds)
+    if settings.openai_api_key is None:
+        logger.warning("OPENAI_API_KEY is not set: the service is not ready and answers 503")
+        yield {"chat": None, "key_status": KeyStatus.MISSING}
+        return
+    # The one client of this process; retries belong to ChatService's policy alone.
+    client = AsyncOpenAI(
+        api_key=settings.openai_api_key.get_secret_value(),
+        base_url=settings.openai_base_url,
+        timeout=settings.openai_timeout,
+        max_retries=0,
+    )
+    try:
+        status = KeyStatus.UNCHECKED
+        if settings.openai_validate_on_startup:
+            status = await check_key(client, settings)
+        yield {"chat": ChatService(client, settings), "key_status": status}
+    finally:
+        await client.close()
+
+
+async def ready(request: Request) -> ReadinessCheck:
+    status: KeyStatus = request.state.key_status
+    if status is KeyStatus.MISSING:
+        return ReadinessCheck(
+            ready=False, detail="OPENAI_API_KEY is not set.", code="llm_not_configured"
+        )
+    if status is KeyStatus.REJECTED:
+        return ReadinessCheck(
+            ready=False,
+            detail="The upstream API rejected OPENAI_API_KEY at start-up.",
+            code="upstream_auth_failed",
+        )
+    if status is KeyStatus.UNVERIFIED:
+        return ReadinessCheck(ready=True, detail="OPENAI_API_KEY could not be checked at start-up.")
+    return ReadinessCheck(ready=True)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(
+        title="LLM service",
+        version=__version__,
+        description=(
+            "Chat completions through OpenAI (or any OpenAI-compatible API) with one retry "
+            "policy, streaming, and OpenAI wire compatibility under `/api/v1/openai/v1`."
+        ),
+        lifespan=partial(lifespan, settings=settings),
+    )
+    install_servicekit(app, service="llm", settings=settings)
+    app.include_router(health_router("llm", ready=ready))
+    app.include_router(chat_router, prefix="/api/v1")
+    return app
