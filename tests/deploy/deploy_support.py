@@ -11,6 +11,7 @@
 """
 
 import copy
+import importlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
+from pydantic_settings import BaseSettings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -149,6 +151,21 @@ def parse_dockerfile(path: Path) -> Dockerfile:
 
 def dockerfiles() -> dict[str, Dockerfile]:
     return {service: parse_dockerfile(REPO / service / "Dockerfile") for service in SERVICES}
+
+
+def settings_env_names(package: str) -> set[str] | None:
+    """The variables a service's Settings read, or None while its config.py does not exist."""
+    distribution = next(d for d, p in SERVICES.items() if p == package)
+    if not (REPO / distribution / "src" / package / "config.py").exists():
+        return None
+    settings = importlib.import_module(f"{package}.config").Settings
+    assert issubclass(settings, BaseSettings)
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    names = set()
+    for name, info in settings.model_fields.items():
+        alias = info.validation_alias if isinstance(info.validation_alias, str) else None
+        names.add((alias or f"{prefix}{name}").upper())
+    return names
 
 
 # --- .dockerignore --------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 """docker-compose.yml against the Compose Specification schema, its gates, and the env contract."""
 
-import importlib
 import json
 import re
 from importlib import resources
@@ -9,9 +8,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from pydantic_settings import BaseSettings
 
-from tests.deploy.deploy_support import REPO, SERVICES, parse_dockerfile
+from tests.deploy.deploy_support import REPO, SERVICES, parse_dockerfile, settings_env_names
 
 # SPEC §2, every variable.
 SPEC_VARIABLES = {
@@ -77,21 +75,6 @@ def env_example() -> dict[str, str | None]:
             assert name not in variables, f"{name} listed twice"
             variables[name] = None if commented else value
     return variables
-
-
-def settings_env_names(package: str) -> set[str] | None:
-    """The variables a service's Settings read, or None while its config.py does not exist."""
-    distribution = next(d for d, p in SERVICES.items() if p == package)
-    if not (REPO / distribution / "src" / package / "config.py").exists():
-        return None
-    settings = importlib.import_module(f"{package}.config").Settings
-    assert issubclass(settings, BaseSettings)
-    prefix = str(settings.model_config.get("env_prefix", ""))
-    names = set()
-    for name, field in settings.model_fields.items():
-        alias = field.validation_alias if isinstance(field.validation_alias, str) else None
-        names.add((alias or f"{prefix}{name}").upper())
-    return names
 
 
 def compose_schema() -> dict[str, Any]:

@@ -1,0 +1,360 @@
+"""The kustomize output, validated against the Kubernetes schemas and checked for intent.
+
+kustomize is rendered in Python (deploy_support.render_kustomization); where `kubectl` is
+installed, its own kustomize must produce exactly the same objects.
+"""
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+from tests.deploy.deploy_support import (
+    REPO,
+    SERVICES,
+    Manifest,
+    render_kustomization,
+    settings_env_names,
+)
+
+KUSTOMIZATIONS = ["deploy/base", "deploy/overlays/production"]
+# The oldest Kubernetes still supported by the major clouds, and the newest schemas shipped.
+KUBERNETES_VERSIONS = ["1.30.0", kubernetes_validate.utils.latest_version()]
+APPS = {"gateway": 8000, "audits": 8001, "llm": 8002}
+IMAGES = {"gateway": "gateway", "audits": "audits-service", "llm": "llm-service"}
+OUTSIDE = "outside"
+
+
+def render(kustomization: str) -> list[Manifest]:
+    return render_kustomization(REPO / kustomization)
+
+
+def find(manifests: list[Manifest], kind: str, name: str) -> Manifest:
+    (found,) = [m for m in manifests if m["kind"] == kind and m["metadata"]["name"] == name]
+    return found
+
+
+def key(manifest: Manifest) -> tuple[str, str, str]:
+    metadata = manifest["metadata"]
+    return manifest["kind"], metadata.get("namespace", ""), metadata["name"]
+
+
+@pytest.fixture(scope="module")
+def production() -> list[Manifest]:
+    return render("deploy/overlays/production")
+
+
+@pytest.fixture(scope="module")
+def base() -> list[Manifest]:
+    return render("deploy/base")
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_validates_against_kubernetes_schemas(kustomization: str, version: str) -> None:
+    manifests = render(kustomization)
+    assert manifests
+    errors = []
+    for manifest in manifests:
+        try:
+            kubernetes_validate.validate(manifest, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            errors.append(f"{key(manifest)} {error.json_path}: {error.message}")
+    assert not errors, "\n".join(errors)
+
+
+def test_strict_schemas_catch_typos(production: list[Manifest]) -> None:
+    deployment = find(production, "Deployment", "gateway")
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbes"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_renders_exactly_as_kustomize(kustomization: str) -> None:
+    output = subprocess.run(
+        ["kubectl", "kustomize", str(REPO / kustomization)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    expected = sorted(yaml.safe_load_all(output), key=key)
+    assert sorted(render(kustomization), key=key) == expected
+
+
+def test_production_has_every_workload_and_no_example_secret(production: list[Manifest]) -> None:
+    kinds = {(m["kind"], m["metadata"]["name"]) for m in production}
+    for app in APPS:
+        for kind in ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"):
+            assert (kind, app) in kinds
+    assert ("Job", "migrations") in kinds
+    assert ("ConfigMap", "platform-config") in kinds
+    assert ("Ingress", "gateway") in kinds
+    assert not [m for m in production if m["kind"] == "Secret"]
+    namespace = find(production, "Namespace", "audits-platform")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    for manifest in production:
+        if manifest["kind"] != "Namespace":
+            assert manifest["metadata"]["namespace"] == "audits-platform"
+
+
+def test_example_secrets_hold_what_workloads_read_and_no_real_value(
+    base: list[Manifest],
+) -> None:
+    secrets = {m["metadata"]["name"]: m["stringData"] for m in base if m["kind"] == "Secret"}
+    assert secrets == {
+        "audits-database": {"DATABASE_URL": secrets["audits-database"]["DATABASE_URL"]},
+        "llm-openai": {"OPENAI_API_KEY": "REPLACE_ME"},
+    }
+    assert "REPLACE_ME" in secrets["audits-database"]["DATABASE_URL"]
+    for manifest in base:
+        for spec in pod_specs(manifest):
+            for container in spec["containers"]:
+                for variable in container.get("env", []):
+                    ref = variable.get("valueFrom", {}).get("secretKeyRef")
+                    if ref:
+                        assert ref["key"] in secrets[ref["name"]]
+
+
+def pod_specs(manifest: Manifest) -> list[dict[str, Any]]:
+    if manifest["kind"] in {"Deployment", "Job"}:
+        return [manifest["spec"]["template"]["spec"]]
+    return []
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_deployment_probes_resources_and_security(production: list[Manifest], app: str) -> None:
+    deployment = find(production, "Deployment", app)
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["image"] == f"registry.example.com/audits-platform/{IMAGES[app]}:0.1.0"
+    assert container["ports"] == [{"name": "http", "containerPort": APPS[app], "protocol": "TCP"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "http"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    for kind in ("requests", "limits"):
+        assert set(container["resources"][kind]) == {"cpu", "memory"}
+    assert_restricted(spec)
+    assert {"configMapRef": {"name": "platform-config"}} in container["envFrom"]
+    assert spec["enableServiceLinks"] is False
+
+
+def assert_restricted(spec: dict[str, Any]) -> None:
+    pod = spec["securityContext"]
+    assert pod["runAsNonRoot"] is True
+    assert pod["runAsUser"] > 0
+    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["automountServiceAccountToken"] is False
+    for container in spec["containers"]:
+        security = container["securityContext"]
+        assert security["runAsNonRoot"] is True
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        (mount,) = container["volumeMounts"]
+        assert mount["mountPath"] == "/tmp"  # noqa: S108 - the emptyDir the image writes to
+        (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+        assert "emptyDir" in volume
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_service_hpa_and_pdb_follow_the_deployment(production: list[Manifest], app: str) -> None:
+    deployment = find(production, "Deployment", app)
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items()
+
+    service = find(production, "Service", app)
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["selector"] == selector
+    assert service["spec"]["ports"][0]["port"] == APPS[app]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+
+    hpa = find(production, "HorizontalPodAutoscaler", app)
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": app,
+    }
+    assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+
+    pdb = find(production, "PodDisruptionBudget", app)
+    assert pdb["spec"]["selector"]["matchLabels"] == selector
+    assert pdb["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
+
+
+def test_audits_pool_fits_the_database(production: list[Manifest]) -> None:
+    config = find(production, "ConfigMap", "platform-config")["data"]
+    per_replica = int(config["DB_POOL_SIZE"]) + int(config["DB_MAX_OVERFLOW"])
+    max_replicas = find(production, "HorizontalPodAutoscaler", "audits")["spec"]["maxReplicas"]
+    # PostgreSQL's default max_connections is 100; leave room for the Job and operators.
+    assert per_replica * max_replicas <= 90
+
+
+def test_configmap_sets_only_what_services_read(production: list[Manifest]) -> None:
+    read: set[str] = set()
+    for package in SERVICES.values():
+        names = settings_env_names(package)
+        if names is None:
+            pytest.skip(f"{package} has no config.py yet")
+        read |= names
+    config = find(production, "ConfigMap", "platform-config")["data"]
+    assert not set(config) - read
+    assert config["AUDITS_SERVICE_URL"] == "http://audits:8001"
+    assert config["LLM_SERVICE_URL"] == "http://llm:8002"
+
+
+def test_migrations_job_runs_alembic_from_the_audits_image(production: list[Manifest]) -> None:
+    job = find(production, "Job", "migrations")
+    spec = job["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["command"] == ["alembic", "-c", "migrations/alembic.ini", "upgrade", "head"]
+    audits = find(production, "Deployment", "audits")["spec"]["template"]["spec"]
+    assert container["image"] == audits["containers"][0]["image"]
+    assert spec["restartPolicy"] == "Never"
+    assert job["spec"]["backoffLimit"] >= 1
+    database_url = next(v for v in container["env"] if v["name"] == "DATABASE_URL")
+    assert database_url["valueFrom"]["secretKeyRef"] == {
+        "name": "audits-database",
+        "key": "DATABASE_URL",
+    }
+    assert_restricted(spec)
+
+
+def test_llm_key_is_optional_and_only_llm_sees_it(production: list[Manifest]) -> None:
+    for manifest in production:
+        for spec in pod_specs(manifest):
+            for container in spec["containers"]:
+                names = {v["name"] for v in container.get("env", [])}
+                if manifest["metadata"]["name"] == "llm":
+                    (key_ref,) = [v for v in container["env"] if v["name"] == "OPENAI_API_KEY"]
+                    assert key_ref["valueFrom"]["secretKeyRef"]["optional"] is True
+                else:
+                    assert "OPENAI_API_KEY" not in names
+                if manifest["metadata"]["name"] not in {"audits", "migrations"}:
+                    assert "DATABASE_URL" not in names
+
+
+def test_ingress_routes_to_the_gateway_over_tls(production: list[Manifest]) -> None:
+    ingress = find(production, "Ingress", "gateway")
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "api.audits-platform.example.com"
+    assert ingress["spec"]["tls"][0]["hosts"] == [rule["host"]]
+    (path,) = rule["http"]["paths"]
+    assert path["backend"]["service"] == {"name": "gateway", "port": {"name": "http"}}
+    assert [m for m in production if m["kind"] == "Ingress"] == [ingress]
+    # Streamed LLM answers must pass unbuffered, within the gateway's LLM timeout.
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > 120
+
+
+# --- NetworkPolicy semantics ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A pod of the namespace (its labels), or anything outside it."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...]
+
+
+def _selects(selector: dict[str, Any], labels: tuple[tuple[str, str], ...]) -> bool:
+    assert set(selector) <= {"matchLabels"}, "only matchLabels selectors are evaluated"
+    return dict(selector.get("matchLabels", {})).items() <= dict(labels).items()
+
+
+def _peer_matches(rule_peers: list[dict[str, Any]] | None, peer: Peer | None) -> bool:
+    if rule_peers is None:
+        return True
+    for entry in rule_peers:
+        assert set(entry) == {"podSelector"}, "only podSelector peers are evaluated"
+        if peer is not None and _selects(entry["podSelector"], peer.labels):
+            return True
+    return False
+
+
+def _port_matches(ports: list[dict[str, Any]] | None, port: int) -> bool:
+    return ports is None or any(p["port"] == port and p["protocol"] == "TCP" for p in ports)
+
+
+def allowed(policies: list[Manifest], source: Peer | None, target: Peer | None, port: int) -> bool:
+    """Whether a TCP connection is allowed; None stands for anything outside the namespace."""
+    if target is not None:
+        selecting = [
+            p
+            for p in policies
+            if "Ingress" in p["spec"]["policyTypes"]
+            and _selects(p["spec"]["podSelector"], target.labels)
+        ]
+        if selecting and not any(
+            _peer_matches(rule.get("from"), source) and _port_matches(rule.get("ports"), port)
+            for policy in selecting
+            for rule in policy["spec"].get("ingress", [])
+        ):
+            return False
+    if source is not None:
+        selecting = [
+            p
+            for p in policies
+            if "Egress" in p["spec"]["policyTypes"]
+            and _selects(p["spec"]["podSelector"], source.labels)
+        ]
+        if selecting and not any(
+            _peer_matches(rule.get("to"), target) and _port_matches(rule.get("ports"), port)
+            for policy in selecting
+            for rule in policy["spec"].get("egress", [])
+        ):
+            return False
+    return True
+
+
+def test_network_policies_isolate_the_services(production: list[Manifest]) -> None:
+    policies = [m for m in production if m["kind"] == "NetworkPolicy"]
+    pods = {
+        m["metadata"]["name"]: Peer(
+            m["metadata"]["name"],
+            tuple(sorted(m["spec"]["template"]["metadata"]["labels"].items())),
+        )
+        for m in production
+        if m["kind"] in {"Deployment", "Job"}
+    }
+    gateway, audits, llm, migrations = (pods[n] for n in ("gateway", "audits", "llm", "migrations"))
+
+    # Default deny: a pod nobody planned for gets nothing in or out.
+    stranger = Peer("stranger", (("app.kubernetes.io/name", "debug"),))
+    assert not allowed(policies, None, stranger, 8080)
+    assert not allowed(policies, stranger, None, 443)
+
+    # Only the gateway takes traffic from outside.
+    assert allowed(policies, None, gateway, 8000)
+    for pod in (audits, llm, migrations):
+        assert not allowed(policies, None, pod, APPS.get(pod.name, 8000))
+    # Only the gateway reaches audits and llm.
+    assert allowed(policies, gateway, audits, 8001)
+    assert allowed(policies, gateway, llm, 8002)
+    for source in (audits, llm, migrations, stranger):
+        assert not allowed(policies, source, audits, 8001)
+        assert not allowed(policies, source, llm, 8002)
+    # Only audits and the migrations Job reach the database.
+    assert allowed(policies, audits, None, 5432)
+    assert allowed(policies, migrations, None, 5432)
+    for source in (gateway, llm, stranger):
+        assert not allowed(policies, source, None, 5432)
+    # Only llm reaches OpenAI.
+    assert allowed(policies, llm, None, 443)
+    for source in (gateway, audits, migrations):
+        assert not allowed(policies, source, None, 443)
+    # Everyone resolves names.
+    for source in (gateway, audits, llm, migrations):
+        assert allowed(policies, source, None, 53)
