@@ -6,20 +6,9 @@ from uuid import UUID, uuid4
 import httpx
 import pytest
 from audits_service.audits.constants import AuditAction, AuditStatus
-
-from conftest import AUDITS, record
+from audits_testkit import AUDITS, assert_problem, record
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, object]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, object] = response.json()
-    assert body["code"] == code
-    assert body["status"] == status
-    assert body["request_id"] == response.headers["x-request-id"]
-    return body
 
 
 async def test_create_returns_201_location_and_the_record(client: httpx.AsyncClient) -> None:
