@@ -1,3 +1,4 @@
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -71,6 +72,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=partial(lifespan, settings=settings),
     )
     install_servicekit(app, service="llm", settings=settings)
+    if settings.log_level.upper() != "DEBUG":
+        # ChatService logs each upstream call once; httpx2 would add a line per attempt.
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
     app.include_router(health_router("llm", ready=ready))
     app.include_router(chat_router, prefix="/api/v1")
     return app

@@ -1,0 +1,168 @@
+"""The official `openai` SDK against the service running under uvicorn as a real process."""
+
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from llm_testkit import API_KEY, sse_events
+
+from devstack.openai_standin import Fault, OpenAIStandin
+from devstack.processes import ServiceProcess
+
+REPLY = "Hello! This is the OpenAI stand-in speaking."
+MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Say hello."}
+]
+
+
+@pytest.fixture(scope="module")
+def service_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("llm") / "llm.log"
+
+
+@pytest.fixture(scope="module")
+def service(_standin: OpenAIStandin, service_log: Path) -> Iterator[ServiceProcess]:
+    env = {
+        "OPENAI_API_KEY": API_KEY,
+        "OPENAI_BASE_URL": _standin.base_url,
+        "OPENAI_ALLOWED_MODELS": "gpt-4o,gpt-4.1-mini",
+        "OPENAI_TIMEOUT": "2",
+        "OPENAI_MAX_RETRIES": "2",
+        "OPENAI_RETRY_MAX_TIME": "5",
+        "LOG_LEVEL": "DEBUG",
+    }
+    with service_log.open("wb") as log:
+        process = ServiceProcess("llm", env, log=log).start()
+        yield process
+        process.stop()
+
+
+@pytest.fixture
+def sdk(service: ServiceProcess, upstream: OpenAIStandin) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
+        base_url=f"{service.url}/api/v1/openai/v1", api_key="not-used", max_retries=0
+    ) as client:
+        yield client
+
+
+def test_sdk_plain(sdk: openai.OpenAI, upstream: OpenAIStandin) -> None:
+    completion = sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, seed=1)
+    assert completion.choices[0].message.content == REPLY
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == len(upstream.pieces)
+    assert upstream.calls[0].json()["seed"] == 1
+
+
+def test_sdk_stream(sdk: openai.OpenAI, upstream: OpenAIStandin) -> None:
+    stream = sdk.chat.completions.create(
+        model="gpt-4.1-mini",
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == REPLY
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == len(upstream.pieces)
+    assert {c.model for c in chunks} == {"gpt-4.1-mini"}
+
+
+def test_sdk_models(sdk: openai.OpenAI) -> None:
+    assert [m.id for m in sdk.models.list()] == ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini"]
+    assert sdk.models.retrieve("gpt-4o").id == "gpt-4o"
+    with pytest.raises(openai.NotFoundError):
+        sdk.models.retrieve("gpt-3")
+
+
+def test_sdk_sees_problems_as_api_status_errors(
+    sdk: openai.OpenAI, upstream: OpenAIStandin
+) -> None:
+    with pytest.raises(openai.UnprocessableEntityError) as invalid:
+        sdk.chat.completions.create(model="gpt-5-ultra", messages=MESSAGES)
+    assert isinstance(invalid.value.body, dict)
+    assert invalid.value.body["code"] == "validation_error"
+    upstream.script(*[Fault.error(429, retry_after=0)] * 3)
+    with pytest.raises(openai.RateLimitError) as limited:
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert limited.value.response.headers["retry-after"] == "1"
+    assert upstream.call_count == 3
+
+
+def test_sdk_stream_failing_mid_way_raises(sdk: openai.OpenAI, upstream: OpenAIStandin) -> None:
+    upstream.script(Fault.drop_after(3))
+    stream = sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    received: list[object] = []
+    with pytest.raises(openai.APIError) as failure:
+        received.extend(stream)
+    assert len(received) == 3
+    assert "upstream" in failure.value.message.lower()
+
+
+def test_sdk_stream_chunks_arrive_as_the_upstream_sends_them(
+    sdk: openai.OpenAI, upstream: OpenAIStandin
+) -> None:
+    upstream.chunk_delay = 0.15
+    arrivals = []
+    for _ in sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True):
+        arrivals.append(time.monotonic())
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    assert len(arrivals) == len(upstream.pieces) + 2
+    assert all(gap > 0.08 for gap in gaps), gaps
+
+
+def test_chat_stream_events_arrive_as_the_upstream_sends_them(
+    service: ServiceProcess, upstream: OpenAIStandin
+) -> None:
+    upstream.chunk_delay = 0.15
+    arrivals = []
+    body = {"messages": MESSAGES, "stream": True}
+    with (
+        httpx.Client(base_url=service.url) as client,
+        client.stream("POST", "/api/v1/openai/chat", json=body) as response,
+    ):
+        assert response.headers["content-type"].startswith("text/event-stream")
+        text = ""
+        for piece in response.iter_text():
+            arrivals.append(time.monotonic())
+            text += piece
+    assert len(arrivals) >= len(upstream.pieces)
+    assert arrivals[-1] - arrivals[0] > 0.15 * (len(upstream.pieces) - 1)
+    assert sse_events(text)[-1] == ("message", "[DONE]")
+
+
+def test_the_key_is_in_no_log_line_even_at_debug(
+    sdk: openai.OpenAI, upstream: OpenAIStandin, service_log: Path
+) -> None:
+    upstream.api_key = "sk-another-key-entirely"  # the stand-in echoes what it was sent
+    with pytest.raises(openai.APIStatusError) as rejected:
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert rejected.value.status_code == 502
+    assert API_KEY not in rejected.value.response.text
+    assert API_KEY not in str(rejected.value.response.headers)
+    time.sleep(0.2)  # let the service flush its log lines
+    log = service_log.read_text()
+    assert "upstream_auth_failed" in log
+    assert API_KEY not in log
+
+
+def test_unconfigured_process_starts_and_reports_not_ready(tmp_path: Path) -> None:
+    with (tmp_path / "llm.log").open("wb") as log:
+        process = ServiceProcess("llm", {"OPENAI_API_KEY": ""}, log=log).start()
+        try:
+            ready = httpx.get(f"{process.url}/health/ready")
+            chat = httpx.post(f"{process.url}/api/v1/openai/chat", json={"messages": MESSAGES})
+        finally:
+            process.stop()
+    assert ready.status_code == 503
+    assert ready.json()["code"] == "llm_not_configured"
+    assert chat.status_code == 503
+    assert chat.json()["code"] == "llm_not_configured"
+    warnings = [
+        line for line in (tmp_path / "llm.log").read_text().splitlines() if "OPENAI_API_KEY" in line
+    ]
+    assert len(warnings) == 1
