@@ -1,0 +1,39 @@
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
+
+from servicekit import ServiceSettings
+
+IPNetwork = IPv4Network | IPv6Network
+
+
+class Settings(ServiceSettings):
+    audits_service_url: str = "http://localhost:8001"
+    llm_service_url: str = "http://localhost:8002"
+    audits_timeout: float = Field(default=10.0, gt=0, description="Seconds per upstream phase.")
+    llm_timeout: float = Field(default=120.0, gt=0, description="Seconds per upstream phase.")
+    health_check_timeout: float = Field(default=2.0, gt=0)
+    max_body_bytes: int = Field(default=1_048_576, ge=0)
+    max_url_bytes: int = Field(default=8192, gt=0)
+    max_header_bytes: int = Field(default=32_768, gt=0)
+    rate_limit_llm_per_minute: int = Field(default=60, ge=0, description="0 disables the limit.")
+    trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
+    redis_url: SecretStr | None = None
+    upstream_max_connections: int = Field(default=1000, gt=0)
+    upstream_max_keepalive: int = Field(default=100, ge=0)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(
+                ip_network(part.strip(), strict=False) for part in value.split(",") if part.strip()
+            )
+        return value
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if value == "" else value

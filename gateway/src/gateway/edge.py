@@ -1,0 +1,55 @@
+"""Checks on every request before anything else sees it: sizes of the request line and
+headers, and paths that could escape a proxied prefix."""
+
+import re
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from servicekit import problem_response
+
+# Encoded dots (%2e), slashes (%2f), backslashes (%5c) and NULs (%00) in a path only serve
+# to sneak a different path past a prefix check, so the gateway refuses them outright.
+_ENCODED_SEPARATOR = re.compile(rb"%(2[ef]|5c|00)", re.IGNORECASE)
+
+
+def unsafe_path_reason(raw_path: bytes) -> str | None:
+    """Why a raw request path is refused, or None when it is safe to route and forward."""
+    if _ENCODED_SEPARATOR.search(raw_path):
+        return "encoded dots, slashes, backslashes or NULs are not allowed in the path"
+    if b"\\" in raw_path or b"//" in raw_path:
+        return "backslashes and empty segments are not allowed in the path"
+    if any(segment in (b".", b"..") for segment in raw_path.split(b"/")):
+        return "dot segments are not allowed in the path"
+    return None
+
+
+class EdgeGuardMiddleware:
+    def __init__(self, app: ASGIApp, max_url_bytes: int, max_header_bytes: int) -> None:
+        self.app = app
+        self.max_url_bytes = max_url_bytes
+        self.max_header_bytes = max_header_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        if len(raw_path) + len(scope["query_string"]) > self.max_url_bytes:
+            response = problem_response(
+                414, "uri_too_long", detail=f"The URL is longer than {self.max_url_bytes} bytes."
+            )
+        elif sum(len(n) + len(v) + 4 for n, v in scope["headers"]) > self.max_header_bytes:
+            response = problem_response(
+                431,
+                "request_header_fields_too_large",
+                detail=f"The request headers exceed {self.max_header_bytes} bytes.",
+                instance=scope["path"],
+            )
+        elif reason := unsafe_path_reason(raw_path):
+            response = problem_response(
+                400, "invalid_path", detail=f"Refused: {reason}.", instance=scope["path"]
+            )
+        else:
+            await self.app(scope, receive, send)
+            return
+        await response(scope, receive, send)

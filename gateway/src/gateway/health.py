@@ -1,0 +1,127 @@
+"""The gateway's own routes: root info, liveness, aggregated readiness, the database check."""
+
+import asyncio
+import time
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from servicekit.health import Liveness
+
+from gateway import __version__
+from gateway.dependencies import SettingsDep, UpstreamsDep
+from gateway.errors import UpstreamTimeout, UpstreamUnavailable
+from gateway.schemas import DatabaseHealth, DownstreamHealth, GatewayReadiness, RootInfo
+from gateway.upstreams import API_PREFIX, Upstream
+from servicekit import REQUEST_ID_HEADER, current_request_id, problem_responses
+
+DESCRIPTION = "Public API gateway for the audits and LLM services."
+
+router = APIRouter()
+
+
+@router.get("/", summary="What this API is and where its parts are", tags=["gateway"])
+async def root() -> RootInfo:
+    return RootInfo(
+        name="gateway",
+        version=__version__,
+        description=DESCRIPTION,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+        health_url="/health",
+        api_prefix=API_PREFIX,
+    )
+
+
+@router.get("/health", summary="Liveness: the gateway process is up", tags=["health"])
+async def liveness() -> Liveness:
+    return Liveness(service="gateway")
+
+
+async def _check(upstream: Upstream, seconds: float) -> DownstreamHealth:
+    started = time.perf_counter()
+    detail: str | None = None
+    try:
+        async with asyncio.timeout(seconds):
+            response = await upstream.client.get(
+                "/health/ready",
+                headers={REQUEST_ID_HEADER: current_request_id() or ""},
+                timeout=seconds,
+            )
+    except (TimeoutError, httpx.TimeoutException):
+        detail = f"no answer within {seconds:g} s"
+    except httpx.TransportError:
+        detail = "unreachable"
+    else:
+        if response.status_code != 200:
+            detail = _reason(response)
+    latency_ms = round((time.perf_counter() - started) * 1000, 2)
+    return DownstreamHealth(
+        status="ok" if detail is None else "unavailable", latency_ms=latency_ms, detail=detail
+    )
+
+
+def _reason(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        parts = [str(body[key]) for key in ("code", "detail") if body.get(key)]
+        if parts:
+            return ": ".join(parts)
+    return f"readiness answered {response.status_code}"
+
+
+@router.get(
+    "/health/ready",
+    summary="Readiness: the gateway and the services behind it",
+    description=(
+        "Checks every downstream service's readiness concurrently, each bounded by "
+        "`HEALTH_CHECK_TIMEOUT`. `ok` and `degraded` (the LLM service is not ready) answer "
+        "200; `unavailable` (the audits service or its database is not ready) answers 503."
+    ),
+    tags=["health"],
+    response_model=GatewayReadiness,
+    responses={503: {"model": GatewayReadiness, "description": "The audits service is not ready"}},
+)
+async def readiness(request: Request, upstreams: UpstreamsDep, settings: SettingsDep) -> Response:
+    names = list(upstreams)
+    checks = await asyncio.gather(
+        *(_check(upstreams[name], settings.health_check_timeout) for name in names)
+    )
+    services = dict(zip(names, checks, strict=True))
+    if getattr(request.app.state, "shutting_down", False) or services["audits"].status != "ok":
+        status = "unavailable"
+    elif all(check.status == "ok" for check in checks):
+        status = "ok"
+    else:
+        status = "degraded"
+    body = GatewayReadiness(status=status, services=services)
+    return JSONResponse(body.model_dump(), status_code=503 if status == "unavailable" else 200)
+
+
+@router.get(
+    "/health/db",
+    summary="The audits service's database check, passed through",
+    tags=["health"],
+    response_model=DatabaseHealth,
+    responses=problem_responses(502, 503, 504),
+)
+async def database_health(upstreams: UpstreamsDep) -> Response:
+    audits = upstreams["audits"]
+    try:
+        response = await audits.client.get(
+            "/health/db", headers={REQUEST_ID_HEADER: current_request_id() or ""}
+        )
+    except httpx.TimeoutException:
+        raise UpstreamTimeout(
+            f"The audits service did not answer within {audits.timeout:g} s."
+        ) from None
+    except httpx.TransportError:
+        raise UpstreamUnavailable("The audits service cannot be reached.") from None
+    return Response(
+        response.content,
+        status_code=response.status_code,
+        media_type=response.headers.get("content-type", "application/json"),
+    )

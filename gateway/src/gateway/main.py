@@ -1,0 +1,107 @@
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import TypedDict
+
+import httpx
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from loguru import logger
+
+from gateway import __version__
+from gateway.config import Settings
+from gateway.edge import EdgeGuardMiddleware
+from gateway.health import DESCRIPTION
+from gateway.health import router as health_router
+from gateway.openapi import DOCS_ASSETS_URL, OpenAPICache, docs_assets, docs_router
+from gateway.proxy import ProxyMiddleware
+from gateway.ratelimit import MemoryRateLimiter, NoRateLimit, RateLimiter, RedisRateLimiter
+from gateway.upstreams import Upstream, build_upstreams
+from servicekit import REQUEST_ID_HEADER, install_graceful_shutdown, install_servicekit
+
+TITLE = "Audits Platform API"
+
+
+class State(TypedDict):
+    settings: Settings
+    upstreams: dict[str, Upstream]
+    limiter: RateLimiter
+    openapi: OpenAPICache
+
+
+def _rate_limiter(settings: Settings) -> RateLimiter:
+    if settings.rate_limit_llm_per_minute == 0:
+        return NoRateLimit()
+    if settings.redis_url is not None:
+        return RedisRateLimiter(
+            settings.redis_url.get_secret_value(), settings.rate_limit_llm_per_minute
+        )
+    return MemoryRateLimiter(settings.rate_limit_llm_per_minute)
+
+
+@asynccontextmanager
+async def lifespan(
+    app: FastAPI,
+    settings: Settings,
+    transports: Mapping[str, httpx.AsyncBaseTransport] | None,
+) -> AsyncIterator[State]:
+    install_graceful_shutdown(app, settings.shutdown_drain_seconds)
+    upstreams = build_upstreams(settings, transports)
+    limiter = _rate_limiter(settings)
+    logger.info(
+        "gateway ready",
+        upstreams={name: str(upstream.base_url) for name, upstream in upstreams.items()},
+        rate_limit=type(limiter).__name__,
+    )
+    try:
+        yield {
+            "settings": settings,
+            "upstreams": upstreams,
+            "limiter": limiter,
+            "openapi": OpenAPICache(app.openapi, upstreams),
+        }
+    finally:
+        await limiter.aclose()
+        for upstream in upstreams.values():
+            await upstream.client.aclose()
+
+
+def create_app(
+    settings: Settings | None = None,
+    transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+) -> FastAPI:
+    """The gateway; `transports` (by upstream name) replace the network in tests."""
+    settings = settings or Settings()
+    app = FastAPI(
+        title=TITLE,
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=partial(lifespan, settings=settings, transports=transports),
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.include_router(health_router)
+    app.include_router(docs_router(TITLE))
+    app.mount(DOCS_ASSETS_URL, docs_assets(), name="docs-assets")
+    # Added innermost first: request context → CORS → edge checks → proxy → FastAPI routes.
+    app.add_middleware(
+        ProxyMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        trusted_proxies=settings.trusted_proxies,
+    )
+    app.add_middleware(
+        EdgeGuardMiddleware,
+        max_url_bytes=settings.max_url_bytes,
+        max_header_bytes=settings.max_header_bytes,
+    )
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+        allow_credentials=False,
+    )
+    install_servicekit(app, service="gateway", settings=settings)
+    return app

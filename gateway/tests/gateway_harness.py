@@ -1,0 +1,95 @@
+"""The gateway in process: its lifespan run by hand, upstreams replaced by `MockTransport`s."""
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+from gateway.config import Settings
+from gateway.main import create_app
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+Handler = Callable[[httpx.Request], Any]
+GatewayFactory = Callable[..., Any]
+
+
+class Recorder:
+    """An upstream stand-in: records every request that reached it, answers via `handler`."""
+
+    def __init__(self, handler: Handler | None = None) -> None:
+        self.requests: list[httpx.Request] = []
+        self.handler = handler or (lambda request: httpx.Response(200, json={"ok": True}))
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        self.requests.append(request)
+        result = self.handler(request)
+        if hasattr(result, "__await__"):
+            result = await result
+        assert isinstance(result, httpx.Response)
+        return result
+
+    @property
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self)
+
+
+class GatewayClient(httpx.AsyncClient):
+    """An httpx client on the gateway's ASGI app, plus requests with an exact raw path."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4711))
+        super().__init__(transport=transport, base_url="http://gateway.test")
+        self.app = app
+
+    async def raw(self, method: str, raw_path: bytes) -> tuple[int, dict[str, str], bytes]:
+        """httpx normalises `.` and `..` segments; this sends the path byte for byte."""
+        path, _, query = raw_path.partition(b"?")
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": unquote(path.decode("latin-1")),
+            "raw_path": path,
+            "query_string": query,
+            "root_path": "",
+            "headers": [(b"host", b"gateway.test")],
+            "client": ("203.0.113.7", 4711),
+            "server": ("gateway.test", 80),
+        }
+        messages: list[Message] = []
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            messages.append(message)
+
+        await self.app(scope, receive, send)
+        start = messages[0]
+        headers = {k.decode(): v.decode() for k, v in start["headers"]}
+        body = b"".join(m.get("body", b"") for m in messages[1:])
+        return start["status"], headers, body
+
+
+@asynccontextmanager
+async def running_gateway(
+    upstreams: Mapping[str, Recorder], **settings: Any
+) -> AsyncIterator[GatewayClient]:
+    config = Settings(
+        audits_service_url="http://audits.internal:8001",
+        llm_service_url="http://llm.internal:8002",
+        **settings,
+    )
+    app = create_app(config, {name: rec.transport for name, rec in upstreams.items()})
+    async with app.router.lifespan_context(app) as state:
+
+        async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
+            scope["state"] = dict(state or {})
+            await app(scope, receive, send)
+
+        async with GatewayClient(with_state) as client:
+            yield client
