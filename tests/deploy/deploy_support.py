@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -153,19 +154,25 @@ def dockerfiles() -> dict[str, Dockerfile]:
     return {service: parse_dockerfile(REPO / service / "Dockerfile") for service in SERVICES}
 
 
-def settings_env_names(package: str) -> set[str] | None:
-    """The variables a service's Settings read, or None while its config.py does not exist."""
+def settings_fields(package: str) -> dict[str, FieldInfo] | None:
+    """Variable -> field of a service's Settings, or None while its config.py does not exist."""
     distribution = next(d for d, p in SERVICES.items() if p == package)
     if not (REPO / distribution / "src" / package / "config.py").exists():
         return None
     settings = importlib.import_module(f"{package}.config").Settings
     assert issubclass(settings, BaseSettings)
     prefix = str(settings.model_config.get("env_prefix", ""))
-    names = set()
+    fields = {}
     for name, info in settings.model_fields.items():
         alias = info.validation_alias if isinstance(info.validation_alias, str) else None
-        names.add((alias or f"{prefix}{name}").upper())
-    return names
+        fields[(alias or f"{prefix}{name}").upper()] = info
+    return fields
+
+
+def settings_env_names(package: str) -> set[str] | None:
+    """The variables a service's Settings read, or None while its config.py does not exist."""
+    fields = settings_fields(package)
+    return None if fields is None else set(fields)
 
 
 # --- .dockerignore --------------------------------------------------------------------------
@@ -348,13 +355,12 @@ def build_image_filesystem(service: str, root: Path) -> ImageFilesystem:
             workdir.mkdir(parents=True, exist_ok=True)
         elif instruction.keyword == "COPY" and instruction.flag("from") is None:
             *sources, destination = instruction.args.split()
-            target = workdir / destination if not destination.startswith("/") else None
-            target = target or fs.host_path(destination)
+            target = fs.host_path(destination) if destination.startswith("/") else None
+            target = target or workdir / destination
             for source in sources:
-                dest = target / Path(source).name if destination.endswith("/") else target
-                if (REPO / source).is_dir():
-                    dest = target
-                _copy_into(REPO / source, dest, ignore)
+                # A directory's contents go into the target; a file into it when it ends in /.
+                into = destination.endswith("/") and (REPO / source).is_file()
+                _copy_into(REPO / source, target / Path(source).name if into else target, ignore)
         elif instruction.keyword == "RUN":
             mounted: list[Path] = []
             for key, value in instruction.flags:

@@ -8,8 +8,15 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from pydantic import TypeAdapter
 
-from tests.deploy.deploy_support import REPO, SERVICES, parse_dockerfile, settings_env_names
+from tests.deploy.deploy_support import (
+    REPO,
+    SERVICES,
+    parse_dockerfile,
+    settings_env_names,
+    settings_fields,
+)
 
 # SPEC §2, every variable.
 SPEC_VARIABLES = {
@@ -217,3 +224,19 @@ def test_env_example_documents_nothing_stale(env_example: dict[str, str | None])
         read |= names
     stale = set(env_example) - read - DEPLOYMENT_VARIABLES - SPEC_VARIABLES
     assert not stale, f"no service reads {sorted(stale)}"
+
+
+@pytest.mark.parametrize("package", SERVICES.values())
+def test_env_example_shows_the_real_defaults(
+    package: str, env_example: dict[str, str | None]
+) -> None:
+    fields = settings_fields(package)
+    if fields is None:
+        pytest.skip(f"{package} has no config.py yet")
+    for name, info in fields.items():
+        documented = env_example.get(name)
+        if documented is None or info.is_required():
+            continue
+        assert info.annotation is not None
+        parsed = TypeAdapter(info.annotation).validate_strings(documented)
+        assert parsed == info.get_default(call_default_factory=True), name

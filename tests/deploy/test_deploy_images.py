@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from devstack.postgres import free_port
-from tests.deploy.deploy_support import REPO, SERVICES, ImageFilesystem
+from tests.deploy.deploy_support import REPO, SERVICES, ImageFilesystem, build_image_filesystem
 
 # What each image must not contain: the other services, dev tools, and the signature
 # dependencies of the other services.
@@ -51,8 +51,6 @@ print(json.dumps({"prefix": sys.prefix, "modules": found}))
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ImageFilesystem]:
-    from tests.deploy.deploy_support import build_image_filesystem
-
     root = tmp_path_factory.mktemp("images")
     with ThreadPoolExecutor(max_workers=len(SERVICES)) as pool:
         futures = {s: pool.submit(build_image_filesystem, s, root / s) for s in SERVICES}
