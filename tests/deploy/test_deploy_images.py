@@ -9,7 +9,6 @@ and the Kubernetes Job use.
 
 import json
 import signal
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -158,15 +157,3 @@ def test_audits_image_migrates_then_serves(
         # The head is read from the scripts the image ships (MIGRATIONS_DIR).
         assert body["migration"]["up_to_date"] is True
         assert body["migration"]["head"] == body["migration"]["current"] is not None
-
-
-def test_image_builds_leave_no_trace_in_the_repository() -> None:
-    status = subprocess.run(
-        ["git", "status", "--porcelain", "--ignored", "--", *SERVICES, "servicekit"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "build/" not in status
-    assert ".egg-info" not in status
