@@ -1,0 +1,128 @@
+"""`make bench`: every hot path next to its physical limit, in one table.
+
+    python -m bench [--quick] [--only ROW ...] [--list]
+
+Everything it needs (PostgreSQL, the services, the OpenAI stand-in, a trivial upstream)
+is started here on 127.0.0.1 and stopped again by PID, on errors and Ctrl-C too.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from types import FrameType
+
+from bench.load import LoadRunner
+from bench.report import Row, markdown, summary
+from bench.rows import ROWS, Bench, Settings
+from bench.stack import Skip, Stack
+
+BUDGET_S = 600.0
+# The longest row takes about this long; a row is not started when it could overrun.
+ROW_RESERVE_S = 45.0
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def selected(key: str, only: list[str]) -> bool:
+    return not only or any(key == name or key.startswith(name + "-") for name in only)
+
+
+def progress(message: str) -> None:
+    sys.stderr.write(f"[bench] {message}\n")
+    sys.stderr.flush()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="one short run per measurement")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="ROW",
+        help="run only this row (or family: `llm`, `memory`); repeat or comma-separate",
+    )
+    parser.add_argument("--list", action="store_true", help="list the rows and exit")
+    parser.add_argument("--python-client", action="store_true", help="do not use wrk")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir and its logs")
+    args = parser.parse_args()
+    if args.list:
+        for key, _, title in ROWS:
+            print(f"{key:15} {title}")
+        return 0
+    only = [name.strip() for names in args.only for name in names.split(",") if name.strip()]
+    unknown = [name for name in only if not any(selected(key, [name]) for key, _, _ in ROWS)]
+    if unknown:
+        parser.error(f"unknown row(s): {', '.join(unknown)}; see --list")
+
+    settings = (
+        Settings(runs=1, duration=2.0, warmup=0.5)
+        if args.quick
+        else Settings(runs=3, duration=4.0, warmup=1.0)
+    )
+    signal.signal(signal.SIGTERM, _interrupt)
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    # Services read `.env` from their working directory: the bench's own is empty.
+    os.chdir(workdir)
+    stack = Stack(workdir)
+    runner = LoadRunner(stack, python_only=args.python_client)
+    bench = Bench(stack, runner, settings)
+    rows: list[Row] = []
+    progress(f"load generator: {runner.tool_name}; work dir {workdir}")
+    try:
+        for key, measure, title in ROWS:
+            if not selected(key, only):
+                continue
+            elapsed = time.monotonic() - started
+            if elapsed > BUDGET_S - ROW_RESERVE_S:
+                rows.append(Row(key=key, path=title, verdict="SKIP", note="time budget spent"))
+                continue
+            progress(f"{key}: {title} (at {elapsed:.0f} s)")
+            try:
+                rows += measure(bench)
+            except Skip as skip:
+                rows.append(Row(key=key, path=title, verdict="SKIP", note=str(skip)))
+            except Exception as error:  # a broken row must not hide the others
+                rows.append(Row(key=key, path=title, verdict="ERROR", note=str(error)[:300]))
+    except KeyboardInterrupt:
+        progress("interrupted; stopping everything that was started")
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.close()
+        os.chdir(stack.root)
+        if args.keep:
+            progress(f"logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    table = markdown(rows)
+    elapsed = time.monotonic() - started
+    footer = (
+        f"{summary(rows)}; load from {runner.tool_name}; "
+        f"{settings.runs} run(s) of {settings.duration:.0f} s per median; {elapsed:.0f} s in all"
+    )
+    print(table)
+    print()
+    print(footer)
+    results = stack.root / "bench" / "results"
+    results.mkdir(exist_ok=True)
+    (results / "latest.md").write_text(table + "\n\n" + footer + "\n")
+    (results / "latest.json").write_text(json.dumps([asdict(row) for row in rows], indent=2))
+    return 1 if any(row.verdict in ("FAIL", "ERROR") for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

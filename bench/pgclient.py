@@ -1,0 +1,71 @@
+"""The audits write reference: raw asyncpg running one single-row `INSERT … RETURNING` per
+call from a pool, at a fixed concurrency, as its own process; prints the rate as JSON.
+
+Each call is its own implicit transaction, committed durably (the server's default
+`synchronous_commit=on`, fsync on), exactly what the service must do per POST.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+
+import asyncpg
+import uvloop
+
+from bench.loadclient import Tally, percentile
+
+
+async def worker(pool: asyncpg.Pool, sql: str, deadline: float, tally: Tally) -> None:
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        try:
+            async with pool.acquire() as connection:
+                await connection.fetchrow(sql, str(uuid.uuid4()))
+        except (asyncpg.PostgresError, OSError):
+            tally.errors += 1
+            continue
+        tally.requests += 1
+        tally.latencies.append(time.perf_counter() - started)
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 3)
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    pool = await asyncpg.create_pool(args.dsn, min_size=args.pool, max_size=args.pool)
+    tally = Tally()
+    started = time.perf_counter()
+    deadline = started + args.duration
+    try:
+        await asyncio.gather(
+            *(worker(pool, args.sql, deadline, tally) for _ in range(args.concurrency))
+        )
+    finally:
+        await pool.close()
+    elapsed = time.perf_counter() - started
+    return {
+        "requests": tally.requests,
+        "rps": tally.requests / elapsed,
+        "p50_ms": _ms(percentile(tally.latencies, 50)),
+        "p99_ms": _ms(percentile(tally.latencies, 99)),
+        "errors": tally.errors,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dsn", required=True)
+    parser.add_argument("--sql", required=True, help="one statement taking $1, a UUID string")
+    parser.add_argument("--pool", type=int, default=10)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=5.0)
+    args = parser.parse_args()
+    sys.stdout.write(json.dumps(uvloop.run(run(args))) + "\n")
+
+
+if __name__ == "__main__":
+    main()

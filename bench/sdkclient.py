@@ -1,0 +1,90 @@
+"""The LLM reference: the official `openai` SDK (AsyncOpenAI, max_retries=0) calling a base
+URL at a fixed concurrency, as its own process; prints the call rate and latencies as JSON.
+
+Pointed at the OpenAI stand-in it is the physical limit of the SDK path; pointed at the
+llm-service's OpenAI-compatible routes it measures what the service adds.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+import openai
+import uvloop
+
+from bench.loadclient import Tally, percentile
+
+MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Say hello."}
+]
+
+
+async def worker(
+    client: openai.AsyncOpenAI, model: str, stream: bool, deadline: float, tally: Tally
+) -> None:
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        try:
+            if stream:
+                chunks = await client.chat.completions.create(
+                    model=model, messages=MESSAGES, stream=True
+                )
+                first = True
+                async for _chunk in chunks:
+                    if first:
+                        tally.first_bytes.append(time.perf_counter() - started)
+                        first = False
+            else:
+                await client.chat.completions.create(model=model, messages=MESSAGES)
+        except openai.OpenAIError:
+            tally.errors += 1
+            await asyncio.sleep(0.01)
+            continue
+        tally.requests += 1
+        tally.latencies.append(time.perf_counter() - started)
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 3)
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    client = openai.AsyncOpenAI(
+        base_url=args.base_url, api_key="sk-bench", max_retries=0, timeout=30.0
+    )
+    tally = Tally()
+    started = time.perf_counter()
+    deadline = started + args.duration
+    async with client:
+        await asyncio.gather(
+            *(
+                worker(client, args.model, args.stream, deadline, tally)
+                for _ in range(args.concurrency)
+            )
+        )
+    elapsed = time.perf_counter() - started
+    return {
+        "requests": tally.requests,
+        "rps": tally.requests / elapsed,
+        "p50_ms": _ms(percentile(tally.latencies, 50)),
+        "p99_ms": _ms(percentile(tally.latencies, 99)),
+        "first_chunk_p50_ms": _ms(percentile(tally.first_bytes, 50)),
+        "errors": tally.errors,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--model", default="gpt-4o-mini")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--stream", action="store_true")
+    args = parser.parse_args()
+    sys.stdout.write(json.dumps(uvloop.run(run(args))) + "\n")
+
+
+if __name__ == "__main__":
+    main()
