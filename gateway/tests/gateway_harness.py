@@ -1,6 +1,6 @@
 """The gateway in process: its lifespan run by hand, upstreams replaced by `MockTransport`s."""
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import unquote
@@ -11,7 +11,6 @@ from gateway.main import create_app
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 Handler = Callable[[httpx.Request], Any]
-GatewayFactory = Callable[..., Any]
 
 
 class Recorder:
@@ -38,10 +37,12 @@ class Recorder:
 class GatewayClient(httpx.AsyncClient):
     """An httpx client on the gateway's ASGI app, plus requests with an exact raw path."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, audits: Recorder, llm: Recorder) -> None:
         transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4711))
         super().__init__(transport=transport, base_url="http://gateway.test")
         self.app = app
+        self.audits = audits
+        self.llm = llm
 
     async def raw(self, method: str, raw_path: bytes) -> tuple[int, dict[str, str], bytes]:
         """httpx normalises `.` and `..` segments; this sends the path byte for byte."""
@@ -77,8 +78,10 @@ class GatewayClient(httpx.AsyncClient):
 
 @asynccontextmanager
 async def running_gateway(
-    upstreams: Mapping[str, Recorder], **settings: Any
+    audits: Recorder | None = None, llm: Recorder | None = None, **settings: Any
 ) -> AsyncIterator[GatewayClient]:
+    """The gateway with its lifespan running; `audits` and `llm` stand in for the services."""
+    upstreams = {"audits": audits or Recorder(), "llm": llm or Recorder()}
     config = Settings(
         audits_service_url="http://audits.internal:8001",
         llm_service_url="http://llm.internal:8002",
@@ -91,5 +94,5 @@ async def running_gateway(
             scope["state"] = dict(state or {})
             await app(scope, receive, send)
 
-        async with GatewayClient(with_state) as client:
+        async with GatewayClient(with_state, upstreams["audits"], upstreams["llm"]) as client:
             yield client

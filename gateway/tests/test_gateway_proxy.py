@@ -3,30 +3,34 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from gateway_harness import GatewayClient, Recorder, running_gateway
+from gateway_harness import Recorder, running_gateway
 
 
-async def test_forwards_method_path_query_body_and_end_to_end_headers(
-    gateway: httpx.AsyncClient, audits: Recorder
-) -> None:
-    response = await gateway.put(
-        "/api/v1/audits/42?x=1&y=%20z",
-        content=b'{"a": 1}',
-        headers={"Content-Type": "application/json", "Authorization": "Bearer t", "X-Custom": "v"},
-    )
-    assert response.status_code == 200
-    assert response.json() == {"ok": True}
-    [seen] = audits.requests
-    assert seen.method == "PUT"
-    assert seen.url.raw_path == b"/api/v1/audits/42?x=1&y=%20z"
-    assert seen.url.host == "audits.internal"
-    assert seen.content == b'{"a": 1}'
-    assert seen.headers["authorization"] == "Bearer t"
-    assert seen.headers["x-custom"] == "v"
-    assert seen.headers["content-type"] == "application/json"
+async def test_forwards_method_path_query_body_and_end_to_end_headers() -> None:
+    async with running_gateway() as gateway:
+        response = await gateway.put(
+            "/api/v1/audits/42?x=1&y=%20z",
+            content=b'{"a": 1}',
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": "Bearer t",
+                "X-Custom": "v",
+            },
+        )
+        assert response.status_code == 200
+        assert response.json() == {"ok": True}
+        [seen] = gateway.audits.requests
+        assert seen.method == "PUT"
+        assert seen.url.raw_path == b"/api/v1/audits/42?x=1&y=%20z"
+        assert seen.url.host == "audits.internal"
+        assert seen.content == b'{"a": 1}'
+        assert seen.headers["authorization"] == "Bearer t"
+        assert seen.headers["x-custom"] == "v"
+        assert seen.headers["content-type"] == "application/json"
 
 
-async def test_strips_hop_by_hop_headers_both_ways(audits: Recorder, llm: Recorder) -> None:
+async def test_strips_hop_by_hop_headers_both_ways() -> None:
+    audits, llm = Recorder(), Recorder()
     audits.handler = lambda request: httpx.Response(
         200,
         content=b"ok",
@@ -40,7 +44,7 @@ async def test_strips_hop_by_hop_headers_both_ways(audits: Recorder, llm: Record
             "X-Kept": "yes",
         },
     )
-    async with running_gateway({"audits": audits, "llm": llm}) as gateway:
+    async with running_gateway(audits, llm) as gateway:
         response = await gateway.get(
             "/api/v1/audits",
             headers={
@@ -73,28 +77,26 @@ async def test_strips_hop_by_hop_headers_both_ways(audits: Recorder, llm: Record
     assert response.headers["x-kept"] == "yes"
 
 
-async def test_sets_forwarding_headers_and_ignores_client_supplied_ones(
-    gateway: httpx.AsyncClient, audits: Recorder
-) -> None:
-    await gateway.get(
-        "/api/v1/audits",
-        headers={
-            "X-Forwarded-For": "10.9.9.9",
-            "X-Forwarded-Host": "evil.example",
-            "X-Forwarded-Proto": "https",
-        },
-    )
-    [seen] = audits.requests
-    assert seen.headers["x-forwarded-for"] == "203.0.113.7"
-    assert seen.headers["x-forwarded-proto"] == "http"
-    assert seen.headers["x-forwarded-host"] == "gateway.test"
-    assert seen.headers["host"] == "audits.internal:8001"
+async def test_sets_forwarding_headers_and_ignores_client_supplied_ones() -> None:
+    async with running_gateway() as gateway:
+        await gateway.get(
+            "/api/v1/audits",
+            headers={
+                "X-Forwarded-For": "10.9.9.9",
+                "X-Forwarded-Host": "evil.example",
+                "X-Forwarded-Proto": "https",
+            },
+        )
+        [seen] = gateway.audits.requests
+        assert seen.headers["x-forwarded-for"] == "203.0.113.7"
+        assert seen.headers["x-forwarded-proto"] == "http"
+        assert seen.headers["x-forwarded-host"] == "gateway.test"
+        assert seen.headers["host"] == "audits.internal:8001"
 
 
-async def test_trusted_proxy_chain_is_extended(audits: Recorder, llm: Recorder) -> None:
-    async with running_gateway(
-        {"audits": audits, "llm": llm}, trusted_proxies="203.0.113.0/24"
-    ) as gateway:
+async def test_trusted_proxy_chain_is_extended() -> None:
+    audits = Recorder()
+    async with running_gateway(audits, trusted_proxies="203.0.113.0/24") as gateway:
         await gateway.get(
             "/api/v1/audits",
             headers={
@@ -113,30 +115,30 @@ async def test_trusted_proxy_chain_is_extended(audits: Recorder, llm: Recorder) 
     ("incoming", "kept"),
     [("req-123.abc:DEF_-", True), ("bad id\r\nX-Injected: 1", False), ("x" * 129, False)],
 )
-async def test_request_id_is_forwarded_and_echoed(
-    gateway: httpx.AsyncClient, audits: Recorder, incoming: str, kept: bool
-) -> None:
-    audits.handler = lambda request: httpx.Response(200, headers={"X-Request-ID": "upstream-own"})
-    response = await gateway.get(
-        "/api/v1/audits", headers={"X-Request-ID": incoming.replace("\r\n", " ")}
-    )
-    [seen] = audits.requests
-    echoed = response.headers["x-request-id"]
-    assert seen.headers["x-request-id"] == echoed
-    assert (echoed == incoming) is kept
+async def test_request_id_is_forwarded_and_echoed(incoming: str, kept: bool) -> None:
+    async with running_gateway() as gateway:
+        gateway.audits.handler = lambda request: httpx.Response(
+            200, headers={"X-Request-ID": "upstream-own"}
+        )
+        response = await gateway.get(
+            "/api/v1/audits", headers={"X-Request-ID": incoming.replace("\r\n", " ")}
+        )
+        [seen] = gateway.audits.requests
+        echoed = response.headers["x-request-id"]
+        assert seen.headers["x-request-id"] == echoed
+        assert (echoed == incoming) is kept
 
 
-async def test_unknown_paths_are_problems_and_never_forwarded(
-    gateway: httpx.AsyncClient, audits: Recorder, llm: Recorder
-) -> None:
-    for path in ("/api/v1/nope", "/api/v1/auditsX", "/api/v2/audits", "/api/v1/openaiX"):
-        response = await gateway.get(path)
-        assert response.status_code == 404, path
-        assert response.headers["content-type"] == "application/problem+json"
-        assert response.json()["code"] == "not_found"
-        assert response.json()["request_id"] == response.headers["x-request-id"]
-    assert audits.requests == []
-    assert llm.requests == []
+async def test_unknown_paths_are_problems_and_never_forwarded() -> None:
+    async with running_gateway() as gateway:
+        for path in ("/api/v1/nope", "/api/v1/auditsX", "/api/v2/audits", "/api/v1/openaiX"):
+            response = await gateway.get(path)
+            assert response.status_code == 404, path
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json()["code"] == "not_found"
+            assert response.json()["request_id"] == response.headers["x-request-id"]
+        assert gateway.audits.requests == []
+        assert gateway.llm.requests == []
 
 
 @pytest.mark.parametrize(
@@ -159,28 +161,25 @@ async def test_unknown_paths_are_problems_and_never_forwarded(
         b"/api/v1/openai/%2e%2e/%2e%2e/admin",
     ],
 )
-async def test_traversal_attempts_never_reach_an_upstream(
-    gateway: GatewayClient, audits: Recorder, llm: Recorder, raw_path: bytes
-) -> None:
-    status, headers, _ = await gateway.raw("GET", raw_path)
-    assert status in (400, 404)
-    assert headers["content-type"] == "application/problem+json"
-    assert audits.requests == []
-    assert llm.requests == []
+async def test_traversal_attempts_never_reach_an_upstream(raw_path: bytes) -> None:
+    async with running_gateway() as gateway:
+        status, headers, _ = await gateway.raw("GET", raw_path)
+        assert status in (400, 404)
+        assert headers["content-type"] == "application/problem+json"
+        assert gateway.audits.requests == []
+        assert gateway.llm.requests == []
 
 
-async def test_body_over_limit_by_content_length_is_refused_up_front(
-    gateway: httpx.AsyncClient, audits: Recorder
-) -> None:
-    response = await gateway.post("/api/v1/audits", content=b"x" * (1_048_576 + 1))
-    assert response.status_code == 413
-    assert response.json()["code"] == "payload_too_large"
-    assert audits.requests == []
+async def test_body_over_limit_by_content_length_is_refused_up_front() -> None:
+    async with running_gateway() as gateway:
+        response = await gateway.post("/api/v1/audits", content=b"x" * (1_048_576 + 1))
+        assert response.status_code == 413
+        assert response.json()["code"] == "payload_too_large"
+        assert gateway.audits.requests == []
 
 
-async def test_chunked_body_over_limit_is_cut_off_while_streaming(
-    audits: Recorder, llm: Recorder
-) -> None:
+async def test_chunked_body_over_limit_is_cut_off_while_streaming() -> None:
+    audits, llm = Recorder(), Recorder()
     sent = 0
 
     async def body() -> AsyncIterator[bytes]:
@@ -189,7 +188,7 @@ async def test_chunked_body_over_limit_is_cut_off_while_streaming(
             sent += 1024
             yield b"y" * 1024
 
-    async with running_gateway({"audits": audits, "llm": llm}, max_body_bytes=10_000) as gateway:
+    async with running_gateway(audits, llm, max_body_bytes=10_000) as gateway:
         response = await gateway.post("/api/v1/audits", content=body())
         assert response.status_code == 413
         assert response.json()["code"] == "payload_too_large"
@@ -205,7 +204,9 @@ async def _chunks(count: int, size: int) -> AsyncIterator[bytes]:
         yield b"z" * size
 
 
-async def test_upstream_down_is_502_and_slow_is_504(audits: Recorder, llm: Recorder) -> None:
+async def test_upstream_down_is_502_and_slow_is_504() -> None:
+    audits, llm = Recorder(), Recorder()
+
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 
@@ -214,7 +215,7 @@ async def test_upstream_down_is_502_and_slow_is_504(audits: Recorder, llm: Recor
 
     audits.handler = refuse
     llm.handler = slow
-    async with running_gateway({"audits": audits, "llm": llm}) as gateway:
+    async with running_gateway(audits, llm) as gateway:
         down = await gateway.get("/api/v1/audits")
         late = await gateway.post("/api/v1/openai/chat", json={})
     assert down.status_code == 502
@@ -225,9 +226,8 @@ async def test_upstream_down_is_502_and_slow_is_504(audits: Recorder, llm: Recor
     assert late.json()["request_id"] == late.headers["x-request-id"]
 
 
-async def test_connection_errors_are_retried_once_for_idempotent_audits_calls_only(
-    audits: Recorder, llm: Recorder
-) -> None:
+async def test_connection_errors_are_retried_once_for_idempotent_audits_calls_only() -> None:
+    audits, llm = Recorder(), Recorder()
     failures = {"left": 0}
 
     def flaky(request: httpx.Request) -> httpx.Response:
@@ -238,7 +238,7 @@ async def test_connection_errors_are_retried_once_for_idempotent_audits_calls_on
 
     audits.handler = flaky
     llm.handler = flaky
-    async with running_gateway({"audits": audits, "llm": llm}) as gateway:
+    async with running_gateway(audits, llm) as gateway:
         failures["left"] = 1
         assert (await gateway.get("/api/v1/audits")).status_code == 200
         failures["left"] = 1
@@ -254,7 +254,9 @@ async def test_connection_errors_are_retried_once_for_idempotent_audits_calls_on
     assert [r.method for r in llm.requests] == ["GET"]
 
 
-async def test_streamed_response_is_relayed(audits: Recorder, llm: Recorder) -> None:
+async def test_streamed_response_is_relayed() -> None:
+    audits, llm = Recorder(), Recorder()
+
     async def events() -> AsyncIterator[bytes]:
         for index in range(3):
             await asyncio.sleep(0)
@@ -263,44 +265,44 @@ async def test_streamed_response_is_relayed(audits: Recorder, llm: Recorder) -> 
     llm.handler = lambda request: httpx.Response(
         200, content=events(), headers={"Content-Type": "text/event-stream"}
     )
-    async with running_gateway({"audits": audits, "llm": llm}) as gateway:
+    async with running_gateway(audits, llm) as gateway:
         response = await gateway.post("/api/v1/openai/chat", json={"stream": True})
     assert response.headers["content-type"] == "text/event-stream"
     assert response.text == "data: 0\n\ndata: 1\n\ndata: 2\n\n"
 
 
-async def test_cors_preflight_is_answered_by_the_gateway(
-    gateway: httpx.AsyncClient, audits: Recorder
-) -> None:
-    response = await gateway.options(
-        "/api/v1/audits",
-        headers={
-            "Origin": "https://app.example",
-            "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "content-type, x-request-id",
-        },
-    )
-    assert response.status_code == 200
-    assert response.headers["access-control-allow-origin"] == "*"
-    assert "POST" in response.headers["access-control-allow-methods"]
-    assert "x-request-id" in response.headers["access-control-allow-headers"].lower()
-    assert "access-control-allow-credentials" not in response.headers
-    assert audits.requests == []
+async def test_cors_preflight_is_answered_by_the_gateway() -> None:
+    async with running_gateway() as gateway:
+        response = await gateway.options(
+            "/api/v1/audits",
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type, x-request-id",
+            },
+        )
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == "*"
+        assert "POST" in response.headers["access-control-allow-methods"]
+        assert "x-request-id" in response.headers["access-control-allow-headers"].lower()
+        assert "access-control-allow-credentials" not in response.headers
+        assert gateway.audits.requests == []
 
-    simple = await gateway.get("/api/v1/audits", headers={"Origin": "https://app.example"})
-    assert simple.headers["access-control-allow-origin"] == "*"
-    exposed = simple.headers["access-control-expose-headers"].lower()
-    assert "x-request-id" in exposed
-    assert "retry-after" in exposed
+        simple = await gateway.get("/api/v1/audits", headers={"Origin": "https://app.example"})
+        assert simple.headers["access-control-allow-origin"] == "*"
+        exposed = simple.headers["access-control-expose-headers"].lower()
+        assert "x-request-id" in exposed
+        assert "retry-after" in exposed
 
 
-async def test_url_and_header_size_limits(gateway: httpx.AsyncClient, audits: Recorder) -> None:
-    long_url = await gateway.get("/api/v1/audits", params={"q": "x" * 9000})
-    assert long_url.status_code == 414
-    assert long_url.json()["code"] == "uri_too_long"
-    big_headers = await gateway.get(
-        "/api/v1/audits", headers={f"X-H{i}": "v" * 1000 for i in range(40)}
-    )
-    assert big_headers.status_code == 431
-    assert big_headers.json()["code"] == "request_header_fields_too_large"
-    assert audits.requests == []
+async def test_url_and_header_size_limits() -> None:
+    async with running_gateway() as gateway:
+        long_url = await gateway.get("/api/v1/audits", params={"q": "x" * 9000})
+        assert long_url.status_code == 414
+        assert long_url.json()["code"] == "uri_too_long"
+        big_headers = await gateway.get(
+            "/api/v1/audits", headers={f"X-H{i}": "v" * 1000 for i in range(40)}
+        )
+        assert big_headers.status_code == 431
+        assert big_headers.json()["code"] == "request_header_fields_too_large"
+        assert gateway.audits.requests == []
