@@ -13,6 +13,10 @@ from typing import IO
 
 from devstack.postgres import free_port
 
+# The gateway applies TRUSTED_PROXIES to X-Forwarded-For itself; uvicorn's own proxy-header
+# handling (on by default, trusting 127.0.0.1) would let any local client pick its address.
+OWN_PROXY_HEADERS = frozenset({"gateway"})
+
 APPS = {
     "audits": "audits_service.main:create_app",
     "llm": "llm_service.main:create_app",
@@ -59,6 +63,7 @@ class ServiceProcess:
                 "--http",
                 "httptools",
                 "--no-access-log",
+                *(("--no-proxy-headers",) if self.name in OWN_PROXY_HEADERS else ()),
                 "--timeout-graceful-shutdown",
                 "10",
                 *self.extra_args,
