@@ -1,7 +1,13 @@
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
 from ipaddress import ip_network
 
 import pytest
-from gateway.ratelimit import MemoryRateLimiter, client_ip
+from gateway.ratelimit import MemoryRateLimiter, RedisRateLimiter, client_ip
 from gateway_harness import running_gateway
 
 TRUSTED = (ip_network("10.0.0.0/8"), ip_network("192.0.2.1/32"))
@@ -74,3 +80,53 @@ async def test_zero_disables_the_limit() -> None:
         for _ in range(100):
             response = await gateway.get("/api/v1/openai/v1/models")
             assert response.status_code == 200
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server on a free port, never the machine's own."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server to run this)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=tmp_path_factory.mktemp("redis"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def test_redis_limiter_is_shared_between_instances(redis_server: str) -> None:
+    first, second = RedisRateLimiter(redis_server, limit=3), RedisRateLimiter(redis_server, limit=3)
+    try:
+        decisions = [await limiter.hit("llm:1.2.3.4") for limiter in (first, second, first, second)]
+        assert [d.allowed for d in decisions] == [True, True, True, False]
+        assert 1 <= decisions[-1].retry_after <= 60
+        assert (await second.hit("llm:5.6.7.8")).allowed
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_redis_limits_the_gateway_and_fails_open(redis_server: str) -> None:
+    async with running_gateway(rate_limit_llm_per_minute=1, redis_url=redis_server) as gateway:
+        assert (await gateway.get("/api/v1/openai/v1/models")).status_code == 200
+        assert (await gateway.get("/api/v1/openai/v1/models")).status_code == 429
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        nowhere = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    async with running_gateway(rate_limit_llm_per_minute=1, redis_url=nowhere) as gateway:
+        for _ in range(3):
+            assert (await gateway.get("/api/v1/openai/v1/models")).status_code == 200
