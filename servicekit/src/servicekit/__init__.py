@@ -10,6 +10,7 @@ from servicekit.problems import (
     PROBLEM_MEDIA_TYPE,
     Problem,
     ServiceError,
+    document_unsupported_media_type,
     install_problem_handlers,
     problem_response,
     problem_responses,
@@ -22,6 +23,7 @@ def install_servicekit(app: FastAPI, service: str, settings: ServiceSettings) ->
     """Logging, request IDs with access lines, and problem+json for every error path."""
     configure_logging(service, settings.log_level)
     install_problem_handlers(app)
+    document_unsupported_media_type(app)
     app.add_middleware(RequestContextMiddleware)
 
 

@@ -153,8 +153,25 @@ async def _service_error_handler(request: Request, exc: Exception) -> Response:
     )
 
 
+def _is_json(content_type: str | None) -> bool:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
 async def _validation_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    content_type = request.headers.get("content-type")
+    if isinstance(exc.body, bytes) and exc.body and not _is_json(content_type):
+        # FastAPI hands a body that is not declared as JSON to validation as raw bytes.
+        return problem_response(
+            415,
+            "unsupported_media_type",
+            None,
+            f"The request body must be application/json, not {content_type or 'undeclared'}.",
+            request.url.path,
+        )
     issues = validation_issues(exc)
     detail = "; ".join(f"{'.'.join(map(str, i['loc']))}: {i['message']}" for i in issues[:5])
     return problem_response(
@@ -180,6 +197,33 @@ async def _unhandled_error_handler(request: Request, exc: Exception) -> Response
     return problem_response(
         500, "internal_error", None, "An unexpected error occurred.", request.url.path
     )
+
+
+def document_unsupported_media_type(app: FastAPI) -> None:
+    """Every operation that takes a body documents the 415 its handler may answer."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        if "Problem" not in schema.get("components", {}).get("schemas", {}):
+            return schema
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                if isinstance(operation, dict) and "requestBody" in operation:
+                    operation.setdefault("responses", {}).setdefault(
+                        "415",
+                        {
+                            "description": HTTPStatus(415).phrase,
+                            "content": {
+                                PROBLEM_MEDIA_TYPE: {
+                                    "schema": {"$ref": "#/components/schemas/Problem"}
+                                }
+                            },
+                        },
+                    )
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install_problem_handlers(app: FastAPI) -> None:
