@@ -12,13 +12,15 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
+from pydantic import TypeAdapter
+from pydantic.fields import FieldInfo
 
 from tests.deploy.deploy_support import (
     REPO,
     SERVICES,
     Manifest,
     render_kustomization,
-    settings_env_names,
+    settings_fields,
 )
 
 KUSTOMIZATIONS = ["deploy/base", "deploy/overlays/production"]
@@ -200,15 +202,21 @@ def test_audits_pool_fits_the_database(production: list[Manifest]) -> None:
     assert per_replica * max_replicas <= 90
 
 
-def test_configmap_sets_only_what_services_read(production: list[Manifest]) -> None:
-    read: set[str] = set()
+def test_configmap_sets_only_what_services_read_with_valid_values(
+    production: list[Manifest],
+) -> None:
+    fields: dict[str, FieldInfo] = {}
     for package in SERVICES.values():
-        names = settings_env_names(package)
-        if names is None:
+        found = settings_fields(package)
+        if found is None:
             pytest.skip(f"{package} has no config.py yet")
-        read |= names
+        fields |= found
     config = find(production, "ConfigMap", "platform-config")["data"]
-    assert not set(config) - read
+    assert not set(config) - set(fields)
+    for name, value in config.items():
+        annotation = fields[name].annotation
+        assert annotation is not None
+        TypeAdapter(annotation).validate_strings(value)
     assert config["AUDITS_SERVICE_URL"] == "http://audits:8001"
     assert config["LLM_SERVICE_URL"] == "http://llm:8002"
 
