@@ -29,6 +29,9 @@ fmt: sync
 
 typecheck: sync
 	$(UV) run --frozen mypy
+	for tests in gateway/tests audits-service/tests llm-service/tests; do \
+		$(UV) run --frozen mypy "$$tests" || exit 1; \
+	done
 
 unit: sync
 	$(UV) run --frozen pytest
