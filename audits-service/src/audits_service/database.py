@@ -84,7 +84,17 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+    """Sessions in autocommit mode: a single statement needs no BEGIN/COMMIT round trips.
+
+    Work of several statements that must be atomic calls `begin_transaction` first.
+    """
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return async_sessionmaker(autocommit, expire_on_commit=False)
+
+
+async def begin_transaction(session: AsyncSession) -> None:
+    """Make the session's next statements one READ COMMITTED transaction, up to commit."""
+    await session.connection(execution_options={"isolation_level": "READ COMMITTED"})
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:

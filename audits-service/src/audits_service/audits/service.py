@@ -28,6 +28,7 @@ from audits_service.audits.schemas import (
     AuditRecordUpdate,
     Cursor,
 )
+from audits_service.database import begin_transaction
 
 _COLUMNS = tuple(audit_record.c)
 _NEWEST_FIRST = (audit_record.c.created_at.desc(), audit_record.c.id.desc())
@@ -78,6 +79,7 @@ async def create_audit_idempotent(
     the record, so either both exist or neither does, whichever replica served it.
     """
     digest = fingerprint(data)
+    await begin_transaction(session)
     lock = func.pg_try_advisory_xact_lock(func.hashtextextended(key, _IDEMPOTENCY_LOCK_SEED))
     if not await session.scalar(select(lock)):
         raise IdempotencyInProgress
