@@ -263,7 +263,13 @@ def _decode_cursor(value: object) -> object:
 CursorParam = Annotated[
     Cursor,
     BeforeValidator(_decode_cursor),
-    WithJsonSchema({"type": "string", "maxLength": 64, "examples": ["AAYDr3TQ..."]}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9_-]{32}$",
+            "examples": ["AAZhJY7xQEABohXfjIRzdoYt-dyRykSF"],
+        }
+    ),
 ]
 
 
