@@ -25,7 +25,18 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 def _sse_doc(description: str, example: str) -> dict[str, Any]:
     return {
         "text/event-stream": {
-            "schema": {"type": "string", "description": description},
+            # OpenAPI 3.1 has no stream schema (3.2's `itemSchema`): `schema` is one event.
+            "schema": {
+                "type": "object",
+                "description": description,
+                "properties": {
+                    "event": {"type": "string", "description": "`message` (default) or `error`."},
+                    "data": {"type": "string", "description": "A JSON document, or `[DONE]`."},
+                    "id": {"type": "string"},
+                    "retry": {"type": "integer"},
+                },
+                "required": ["data"],
+            },
             "example": example,
         }
     }
