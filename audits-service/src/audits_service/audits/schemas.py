@@ -5,6 +5,7 @@ import binascii
 import ipaddress
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -120,7 +121,10 @@ IPAddress = Annotated[
     str,
     StringConstraints(max_length=45),
     AfterValidator(_check_ip),
-    Field(examples=["203.0.113.7", "2001:db8::1"]),
+    Field(
+        examples=["203.0.113.7", "2001:db8::1"],
+        json_schema_extra={"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]},
+    ),
 ]
 
 _EXAMPLE_CREATE: dict[str, JsonValue] = {
@@ -281,7 +285,17 @@ def _aware(value: datetime) -> datetime:
         raise ValueError("is out of range") from None
 
 
-FilterDatetime = Annotated[datetime, AfterValidator(_aware)]
+_RFC3339_START = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _rfc3339(value: object) -> object:
+    """Only RFC 3339 text: pydantic alone would also read `0.5` as a Unix time."""
+    if isinstance(value, str) and not _RFC3339_START.match(value):
+        raise ValueError("must be an RFC 3339 date-time such as 2024-05-01T12:00:00Z")
+    return value
+
+
+FilterDatetime = Annotated[datetime, BeforeValidator(_rfc3339), AfterValidator(_aware)]
 
 
 class AuditListParams(BaseModel):
