@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Final
 
 from asyncpg import PostgresError
@@ -84,28 +85,33 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions in autocommit mode: a single statement needs no BEGIN/COMMIT round trips.
-
-    Work of several statements that must be atomic calls `begin_transaction` first.
-    """
+    """Sessions in autocommit mode: a single statement needs no BEGIN/COMMIT round trips."""
     autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
     return async_sessionmaker(autocommit, expire_on_commit=False)
 
 
-async def begin_transaction(session: AsyncSession) -> None:
-    """Make the session's next statements one READ COMMITTED transaction, up to commit."""
-    await session.connection(execution_options={"isolation_level": "READ COMMITTED"})
+@asynccontextmanager
+async def open_session(request: Request, *, transaction: bool) -> AsyncIterator[AsyncSession]:
+    """A session whose database failures surface as `DatabaseUnavailable` (503).
 
-
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    `transaction=True` makes every statement up to `commit()` one READ COMMITTED
+    transaction instead of autocommitting each (it checks the connection out at once).
+    """
     sessionmaker: async_sessionmaker[AsyncSession] = request.state.sessionmaker
     async with sessionmaker() as session:
         try:
+            if transaction:
+                await session.connection(execution_options={"isolation_level": "READ COMMITTED"})
             yield session
         except Exception as exc:
             if is_unavailable(exc):
                 raise DatabaseUnavailable from exc
             raise
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with open_session(request, transaction=False) as session:
+        yield session
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]

@@ -1,10 +1,13 @@
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from audits_service.audits.constants import IDEMPOTENCY_KEY_HEADER, IDEMPOTENCY_KEY_MAX_LENGTH
 from audits_service.config import Settings
+from audits_service.database import open_session
 
 
 def get_settings(request: Request) -> Settings:
@@ -36,3 +39,14 @@ IdempotencyKeyHeader = Annotated[
         examples=["8e03978e-40d5-43e8-bc93-6894a57f9324"],
     ),
 ]
+
+
+async def get_create_session(
+    request: Request, idempotency_key: IdempotencyKeyHeader = None
+) -> AsyncIterator[AsyncSession]:
+    """An idempotent create writes two rows atomically; a plain one is a single statement."""
+    async with open_session(request, transaction=idempotency_key is not None) as session:
+        yield session
+
+
+CreateSessionDep = Annotated[AsyncSession, Depends(get_create_session)]

@@ -5,7 +5,11 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from audits_service.audits import service
 from audits_service.audits.constants import IDEMPOTENT_REPLAYED_HEADER
-from audits_service.audits.dependencies import IdempotencyKeyHeader, IdempotencyTtlDep
+from audits_service.audits.dependencies import (
+    CreateSessionDep,
+    IdempotencyKeyHeader,
+    IdempotencyTtlDep,
+)
 from audits_service.audits.schemas import (
     AuditListParams,
     AuditRecordCreate,
@@ -45,7 +49,7 @@ AuditId = Annotated[UUID, Path(description="The record's id.")]
 )
 async def create_audit(
     body: AuditRecordCreate,
-    session: SessionDep,
+    session: CreateSessionDep,
     request: Request,
     response: Response,
     ttl: IdempotencyTtlDep,

@@ -28,7 +28,6 @@ from audits_service.audits.schemas import (
     AuditRecordUpdate,
     Cursor,
 )
-from audits_service.database import begin_transaction
 
 _COLUMNS = tuple(audit_record.c)
 _NEWEST_FIRST = (audit_record.c.created_at.desc(), audit_record.c.id.desc())
@@ -74,12 +73,13 @@ async def create_audit_idempotent(
 ) -> tuple[AuditRecordResponse, bool]:
     """Create once per key; a repeat gets the first response back. Returns (record, replayed).
 
+    `session` must be in a transaction (`open_session(..., transaction=True)`).
+
     A transaction-scoped advisory lock on the key makes a concurrent repeat fail fast
     (409) instead of waiting, and the key row is committed in the same transaction as
     the record, so either both exist or neither does, whichever replica served it.
     """
     digest = fingerprint(data)
-    await begin_transaction(session)
     lock = func.pg_try_advisory_xact_lock(func.hashtextextended(key, _IDEMPOTENCY_LOCK_SEED))
     if not await session.scalar(select(lock)):
         raise IdempotencyInProgress
