@@ -6,7 +6,11 @@ from uuid import UUID, uuid4
 import httpx
 import pytest
 from audits_service.audits.constants import AuditAction, AuditStatus
-from audits_testkit import AUDITS, assert_problem, record
+from audits_service.config import Settings
+from audits_service.main import create_app
+from audits_testkit import AUDITS, app_client, assert_problem, record
+
+from devstack.postgres import free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -225,3 +229,40 @@ async def test_health_db_reports_migration_state(client: httpx.AsyncClient) -> N
     ready = await client.get("/health/ready")
     assert ready.status_code == 200
     assert (await client.get("/health")).status_code == 200
+
+
+async def test_health_before_migrations(fresh_database_url: str) -> None:
+    settings = Settings(database_url=fresh_database_url, log_level="WARNING")
+    async with app_client(create_app(settings)) as client:
+        body = (await client.get("/health/db")).json()
+        assert body["status"] == "degraded"
+        assert body["migration"]["current"] is None
+        assert body["migration"]["head"]
+        assert body["migration"]["up_to_date"] is False
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 503
+        assert ready.json()["code"] == "migrations_pending"
+
+
+async def test_unreachable_database_is_503_everywhere() -> None:
+    settings = Settings(
+        database_url=f"postgresql://postgres:secret-pw@127.0.0.1:{free_port()}/none",
+        db_pool_timeout=1,
+        log_level="WARNING",
+    )
+    async with app_client(create_app(settings)) as client:
+        for response in (
+            await client.post(AUDITS, json=record()),
+            await client.get(AUDITS),
+            await client.get(f"{AUDITS}/{uuid4()}"),
+            await client.put(f"{AUDITS}/{uuid4()}", json={"actor": "x"}),
+            await client.delete(f"{AUDITS}/{uuid4()}"),
+            await client.get("/health/db"),
+        ):
+            problem = assert_problem(response, 503, "database_unavailable")
+            assert "secret-pw" not in response.text
+            assert problem["detail"]
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 503
+        assert "secret-pw" not in ready.text
+        assert (await client.get("/health")).status_code == 200

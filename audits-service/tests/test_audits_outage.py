@@ -4,6 +4,7 @@ Also checks, on the real process, what only a real server shows: the JSON access
 """
 
 import json
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 from uuid import uuid4
 
 import httpx
+import psutil
 import pytest
 from alembic import command
 from audits_testkit import AUDITS, alembic_config, assert_problem, record
@@ -19,6 +21,7 @@ from devstack.postgres import EmbeddedPostgres
 from devstack.processes import ServiceProcess
 
 POOL_TIMEOUT = 2.0
+COMMAND_TIMEOUT = 2.0
 # Generous: a loaded CI machine must not make this flaky, a hang still fails it.
 MARGIN = 3.0
 
@@ -43,6 +46,7 @@ def audits_process(own_postgres: EmbeddedPostgres, service_log: Path) -> Iterato
     env = {
         "DATABASE_URL": url,
         "DB_POOL_TIMEOUT": str(POOL_TIMEOUT),
+        "DB_COMMAND_TIMEOUT": str(COMMAND_TIMEOUT),
         "DB_POOL_SIZE": "5",
         "LOG_LEVEL": "INFO",
     }
@@ -138,3 +142,31 @@ def test_database_outage_is_503_then_recovers_without_restart(
     for created in acknowledged:
         assert stored[created["id"]] == created
     assert http.get("/health/db").json()["migration"]["up_to_date"] is True
+
+
+def test_a_database_that_stops_answering_is_503_not_a_hang(
+    http: httpx.Client, own_postgres: EmbeddedPostgres
+) -> None:
+    """Frozen server processes (as behind a network partition): connections open, no replies."""
+    assert http.post(AUDITS, json=record()).status_code == 201
+    assert own_postgres.process is not None
+    postmaster = psutil.Process(own_postgres.process.pid)
+    frozen = [postmaster, *postmaster.children(recursive=True)]
+    for process in frozen:
+        process.send_signal(signal.SIGSTOP)
+    try:
+        for _ in range(2):
+            response, elapsed = timed(http.get, AUDITS)
+            assert_problem(response, 503, "database_unavailable")
+            # A pooled connection costs one failed ping, then one failed connect at most.
+            assert elapsed < POOL_TIMEOUT + COMMAND_TIMEOUT + MARGIN, elapsed
+        response, elapsed = timed(http.post, AUDITS, json=record())
+        assert_problem(response, 503, "database_unavailable")
+        assert elapsed < POOL_TIMEOUT + COMMAND_TIMEOUT + MARGIN, elapsed
+    finally:
+        for process in frozen:
+            process.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 15
+    while http.post(AUDITS, json=record()).status_code != 201:
+        assert time.monotonic() < deadline, "the service did not recover"
+        time.sleep(0.2)
