@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.config import IPNetwork
 from gateway.ratelimit import RateLimiter, client_ip, is_trusted
+from gateway.transport import UpstreamTransport
 from gateway.upstreams import Upstream
 from servicekit import REQUEST_ID_HEADER, current_request_id, problem_response
 
@@ -159,22 +160,16 @@ class ProxyMiddleware:
 
         raw_path: bytes = scope.get("raw_path") or path.encode()
         query: bytes = scope["query_string"]
-        url = upstream.base_url.copy_with(raw_path=raw_path + b"?" + query if query else raw_path)
+        target = raw_path + b"?" + query if query else raw_path
         method: str = scope["method"]
-        request = httpx.Request(
-            method,
-            url,
-            headers=headers,
-            content=body if body or declared is not None else None,
-            extensions={"timeout": upstream.timeouts},
-        )
-        attempts = (
-            2
-            if upstream.retry_idempotent and method in _IDEMPOTENT and isinstance(body, bytes)
-            else 1
-        )
+        if isinstance(body, bytes):
+            if body and declared is None:
+                headers.append((b"content-length", str(len(body)).encode()))
+        elif declared is None:
+            headers.append((b"transfer-encoding", b"chunked"))
+        retry = upstream.retry_idempotent and method in _IDEMPOTENT and isinstance(body, bytes)
         try:
-            response = await self._send(upstream, request, attempts)
+            response = await self._exchange(upstream, method, target, headers, body, retry)
         except _BodyTooLarge:
             await self._too_large(scope, receive, send)
             return
@@ -200,32 +195,71 @@ class ProxyMiddleware:
                 path,
             )(scope, receive, send)
             return
-        await self._relay(upstream, response, receive, send)
+        await self._relay(upstream, *response, receive, send)
 
-    async def _send(
-        self, upstream: Upstream, request: httpx.Request, attempts: int
-    ) -> httpx.Response:
-        for attempt in range(attempts):
+    async def _exchange(
+        self,
+        upstream: Upstream,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | AsyncIterator[bytes],
+        retry: bool,
+    ) -> tuple[int, list[tuple[bytes, bytes]], httpx.AsyncByteStream]:
+        for attempt in (1, 2):
             try:
-                return await upstream.transport.handle_async_request(request)
+                return await self._open(upstream, method, target, headers, body)
             except _RETRYABLE:
-                if attempt + 1 == attempts:
+                if not retry or attempt == 2:
                     raise
                 logger.info("retrying upstream after a connection error", upstream=upstream.name)
         raise AssertionError("unreachable")
 
-    async def _relay(
-        self, upstream: Upstream, response: httpx.Response, receive: Receive, send: Send
-    ) -> None:
-        stream = response.stream
-        assert isinstance(stream, httpx.AsyncByteStream)
-        headers = _end_to_end(response.headers.raw, _HOP_BY_HOP | _RESPONSE_SET_BY_GATEWAY)
-        try:
-            await send(
-                {"type": "http.response.start", "status": response.status_code, "headers": headers}
+    @staticmethod
+    async def _open(
+        upstream: Upstream,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | AsyncIterator[bytes],
+    ) -> tuple[int, list[tuple[bytes, bytes]], httpx.AsyncByteStream]:
+        transport = upstream.transport
+        if isinstance(transport, UpstreamTransport):
+            # Straight to the pool: building httpx's Request and URL objects would cost more
+            # than the rest of the proxying together.
+            return await transport.exchange(
+                upstream.origin,
+                method,
+                target,
+                [(b"host", upstream.host), *headers],
+                body,
+                upstream.timeouts,
             )
-            if "content-length" in response.headers:
-                await self._pump(stream, send)
+        request = httpx.Request(
+            method,
+            upstream.base_url.copy_with(raw_path=target),
+            headers=headers,
+            content=body,
+            extensions={"timeout": upstream.timeouts},
+        )
+        response = await transport.handle_async_request(request)
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return response.status_code, response.headers.raw, response.stream
+
+    async def _relay(
+        self,
+        upstream: Upstream,
+        status: int,
+        raw_headers: list[tuple[bytes, bytes]],
+        stream: httpx.AsyncByteStream,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        headers = _end_to_end(raw_headers, _HOP_BY_HOP | _RESPONSE_SET_BY_GATEWAY)
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            if any(name == b"content-length" for name, _ in headers):
+                await self._pump_sized(stream, send)
             else:
                 await self._pump_until_disconnect(stream, receive, send)
         except httpx.TransportError as exc:
@@ -241,6 +275,17 @@ class ProxyMiddleware:
         async for chunk in stream:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    @staticmethod
+    async def _pump_sized(stream: httpx.AsyncByteStream, send: Send) -> None:
+        """A body of known length: each chunk is held until the next one shows up, so the
+        last (usually the only) one goes out together with the end of the response."""
+        held: bytes | None = None
+        async for chunk in stream:
+            if held is not None:
+                await send({"type": "http.response.body", "body": held, "more_body": True})
+            held = chunk
+        await send({"type": "http.response.body", "body": held or b"", "more_body": False})
 
     async def _pump_until_disconnect(
         self, stream: httpx.AsyncByteStream, receive: Receive, send: Send
@@ -280,7 +325,11 @@ class ProxyMiddleware:
     def _forwarding_headers(
         self, scope: Scope, peer: str | None, original: Mapping[bytes, bytes]
     ) -> list[tuple[bytes, bytes]]:
-        trusted = peer is not None and is_trusted(peer, self.trusted_proxies)
+        trusted = (
+            bool(self.trusted_proxies)
+            and peer is not None
+            and is_trusted(peer, self.trusted_proxies)
+        )
         forwarded_for = peer.encode() if peer else b"unknown"
         if trusted and (chain := original.get(b"x-forwarded-for")):
             forwarded_for = chain + b", " + forwarded_for

@@ -10,7 +10,7 @@ uses) and streamed back with flow control.
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from typing import cast
 
 import httptools
@@ -187,22 +187,74 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         self._conn_origin: dict[_Connection, tuple[str, int]] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        timeouts = request.extensions.get("timeout", {})
-        origin = (request.url.host, request.url.port or 80)
+        url = request.url
+        body: bytes | AsyncIterable[bytes]
         try:
-            async with asyncio.timeout(timeouts.get("pool")):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise httpx.PoolTimeout("no upstream connection available") from None
+            body = request.content
+        except httpx.RequestNotRead:
+            assert isinstance(request.stream, httpx.AsyncByteStream)
+            body = request.stream
+        status, headers, stream = await self.exchange(
+            (url.host, url.port or 80),
+            request.method,
+            url.raw_path,
+            request.headers.raw,
+            body,
+            request.extensions.get("timeout", {}),
+        )
+        return httpx.Response(
+            status_code=status,
+            headers=headers,
+            stream=stream,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    async def exchange(
+        self,
+        origin: tuple[str, int],
+        method: str,
+        target: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        body: bytes | AsyncIterable[bytes],
+        timeouts: Mapping[str, float | None],
+    ) -> tuple[int, list[tuple[bytes, bytes]], httpx.AsyncByteStream]:
+        """Sends one request and returns the status, headers and body stream of the response.
+
+        `headers` are written as given: they must hold `Host`, and `Content-Length` or
+        `Transfer-Encoding: chunked` when there is a body (a streamed body without a length is
+        sent chunked). Closing the stream hands the connection back to the pool.
+        """
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(timeouts.get("pool")):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise httpx.PoolTimeout("no upstream connection available") from None
+        else:
+            await self._slots.acquire()
         try:
             conn = self._idle_connection(origin) or await self._connect(
                 origin, timeouts.get("connect")
             )
             self._conn_origin[conn] = origin
-            return await self._exchange(conn, request, timeouts)
+            try:
+                await self._send(conn, method, target, headers, body, timeouts.get("write"))
+                while not conn.headers_done:
+                    if conn.error is not None:
+                        raise conn.error
+                    await conn.wait(timeouts.get("read"))
+            except BaseException:
+                conn.close()
+                self._conn_origin.pop(conn, None)
+                raise
         except BaseException:
             self._slots.release()
             raise
+        if method == "HEAD" and not conn.complete:
+            # httptools cannot know a HEAD response has no body; never reuse this connection.
+            conn.complete = True
+            conn.close()
+        return conn.status, conn.headers, _ResponseStream(self, conn, timeouts.get("read"))
 
     def _idle_connection(self, origin: tuple[str, int]) -> _Connection | None:
         idle = self._idle.get(origin)
@@ -226,50 +278,34 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(f"cannot connect to {origin[0]}:{origin[1]}: {exc}") from None
         return conn
 
-    async def _exchange(
-        self, conn: _Connection, request: httpx.Request, timeouts: dict[str, float | None]
-    ) -> httpx.Response:
-        try:
-            await self._send(conn, request, timeouts.get("write"))
-            while not conn.headers_done:
-                if conn.error is not None:
-                    raise conn.error
-                await conn.wait(timeouts.get("read"))
-        except BaseException:
-            conn.close()
-            self._conn_origin.pop(conn, None)
-            raise
-        if request.method == "HEAD" and not conn.complete:
-            # httptools cannot know a HEAD response has no body; never reuse this connection.
-            conn.complete = True
-            conn.close()
-        return httpx.Response(
-            status_code=conn.status,
-            headers=conn.headers,
-            stream=_ResponseStream(self, conn, timeouts.get("read")),
-            extensions={"http_version": b"HTTP/1.1"},
-        )
-
-    async def _send(self, conn: _Connection, request: httpx.Request, seconds: float | None) -> None:
-        head = [request.method.encode(), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
-        for name, value in request.headers.raw:
+    async def _send(
+        self,
+        conn: _Connection,
+        method: str,
+        target: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        body: bytes | AsyncIterable[bytes],
+        seconds: float | None,
+    ) -> None:
+        head = [method.encode(), b" ", target, b" HTTP/1.1\r\n"]
+        chunked = False
+        for name, value in headers:
             head += (name, b": ", value, b"\r\n")
+            if name.lower() == b"transfer-encoding":
+                chunked = True
         head.append(b"\r\n")
-        try:
-            body = request.content
-        except httpx.RequestNotRead:
+        if isinstance(body, bytes):
+            head.append(body)
             conn.write(b"".join(head))
-            chunked = "content-length" not in request.headers
-            async for chunk in request.stream:  # type: ignore[union-attr]
+        else:
+            conn.write(b"".join(head))
+            async for chunk in body:
                 if not chunk:
                     continue
                 conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
                 await conn.drain(seconds)
             if chunked:
                 conn.write(b"0\r\n\r\n")
-        else:
-            head.append(body)
-            conn.write(b"".join(head))
         await conn.drain(seconds)
 
     def release(self, conn: _Connection) -> None:

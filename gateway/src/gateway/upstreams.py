@@ -23,11 +23,10 @@ class Upstream:
     rate_limited: bool
     transport: httpx.AsyncBaseTransport
     client: httpx.AsyncClient
-
-    @property
-    def timeouts(self) -> dict[str, float]:
-        """httpx's per-request timeout extension: each phase bounded by the upstream timeout."""
-        return dict.fromkeys(("connect", "read", "write", "pool"), self.timeout)
+    origin: tuple[str, int]
+    host: bytes
+    # httpx's per-request timeout extension: each phase bounded by the upstream timeout.
+    timeouts: Mapping[str, float]
 
     def matches(self, path: str) -> bool:
         return path == self.prefix or path.startswith(self.prefix + "/")
@@ -73,5 +72,8 @@ def build_upstreams(
             client=httpx.AsyncClient(
                 base_url=base_url, transport=transport, timeout=timeout, follow_redirects=False
             ),
+            origin=(base_url.host, base_url.port or 80),
+            host=base_url.netloc,
+            timeouts=dict.fromkeys(("connect", "read", "write", "pool"), timeout),
         )
     return upstreams
