@@ -2,6 +2,7 @@
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import httpx
 
@@ -32,30 +33,27 @@ class Upstream:
         return path == self.prefix or path.startswith(self.prefix + "/")
 
 
+class _Spec(NamedTuple):
+    name: str
+    segment: str
+    url: str
+    timeout: float
+    retry_idempotent: bool
+    rate_limited: bool
+
+
 def build_upstreams(
     settings: Settings, transports: Mapping[str, httpx.AsyncBaseTransport] | None = None
 ) -> dict[str, Upstream]:
     """One pooled client per upstream; `transports` replaces the network in tests."""
     specs = (
-        (
-            "audits",
-            f"{API_PREFIX}/audits",
-            settings.audits_service_url,
-            settings.audits_timeout,
-            True,
-            False,
-        ),
-        (
-            "llm",
-            f"{API_PREFIX}/openai",
-            settings.llm_service_url,
-            settings.llm_timeout,
-            False,
-            True,
-        ),
-    )
+        _Spec("audits", "audits", settings.audits_service_url, settings.audits_timeout,
+              retry_idempotent=True, rate_limited=False),
+        _Spec("llm", "openai", settings.llm_service_url, settings.llm_timeout,
+              retry_idempotent=False, rate_limited=True),
+    )  # fmt: skip
     upstreams = {}
-    for name, prefix, url, timeout, retry, limited in specs:
+    for name, segment, url, timeout, retry, limited in specs:
         transport = (transports or {}).get(name) or UpstreamTransport(
             max_connections=settings.upstream_max_connections,
             max_keepalive_connections=settings.upstream_max_keepalive,
@@ -63,7 +61,7 @@ def build_upstreams(
         base_url = httpx.URL(url.rstrip("/"))
         upstreams[name] = Upstream(
             name=name,
-            prefix=prefix,
+            prefix=f"{API_PREFIX}/{segment}",
             base_url=base_url,
             timeout=timeout,
             retry_idempotent=retry,
