@@ -1,8 +1,17 @@
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from llm_service.chat.constants import MAX_MESSAGE_CHARS, MAX_MESSAGES, MAX_TOTAL_CHARS
+
+
+def _integral(value: object) -> object:
+    # JSON Schema counts 2.0 as an integer; strict validation alone would refuse it.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[int, BeforeValidator(_integral)]
+PositiveInteger = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
 
 
 class ChatMessage(BaseModel):
@@ -36,9 +45,8 @@ class ChatRequest(BaseModel):
         default=None, description="One of the allowlisted models; `OPENAI_MODEL` when omitted."
     )
     temperature: float | None = Field(default=None, ge=0, le=2)
-    max_tokens: int | None = Field(
+    max_tokens: PositiveInteger | None = Field(
         default=None,
-        ge=1,
         description="At most `OPENAI_MAX_TOKENS`; a larger value is rejected with 422.",
     )
     stream: bool = Field(
@@ -142,9 +150,11 @@ class WireChatRequest(BaseModel):
 
     model: str | None = Field(default=None, description="Allowlisted; `OPENAI_MODEL` if omitted.")
     messages: list[WireMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
-    max_tokens: int | None = Field(default=None, ge=1, description="At most `OPENAI_MAX_TOKENS`.")
-    max_completion_tokens: int | None = Field(
-        default=None, ge=1, description="At most `OPENAI_MAX_TOKENS`."
+    max_tokens: PositiveInteger | None = Field(
+        default=None, description="At most `OPENAI_MAX_TOKENS`."
+    )
+    max_completion_tokens: PositiveInteger | None = Field(
+        default=None, description="At most `OPENAI_MAX_TOKENS`."
     )
     temperature: float | None = Field(default=None, ge=0, le=2)
     stream: bool | None = None
@@ -152,9 +162,9 @@ class WireChatRequest(BaseModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
-    seed: int | None = None
+    seed: Integer | None = None
     stop: str | list[str] | None = None
-    n: int | None = Field(default=None, ge=1)
+    n: PositiveInteger | None = None
     top_p: float | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
