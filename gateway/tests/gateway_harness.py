@@ -44,8 +44,15 @@ class GatewayClient(httpx.AsyncClient):
         self.audits = audits
         self.llm = llm
 
-    async def raw(self, method: str, raw_path: bytes) -> tuple[int, dict[str, str], bytes]:
-        """httpx normalises `.` and `..` segments; this sends the path byte for byte."""
+    async def raw(
+        self,
+        method: str,
+        raw_path: bytes,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        receive: Receive | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """The request exactly as given: httpx normalises `.` and `..` segments, and cannot
+        stall in the middle of a body."""
         path, _, query = raw_path.partition(b"?")
         scope = {
             "type": "http",
@@ -57,23 +64,23 @@ class GatewayClient(httpx.AsyncClient):
             "raw_path": path,
             "query_string": query,
             "root_path": "",
-            "headers": [(b"host", b"gateway.test")],
+            "headers": [(b"host", b"gateway.test"), *(headers or [])],
             "client": ("203.0.113.7", 4711),
             "server": ("gateway.test", 80),
         }
         messages: list[Message] = []
 
-        async def receive() -> Message:
+        async def no_body() -> Message:
             return {"type": "http.request", "body": b"", "more_body": False}
 
         async def send(message: Message) -> None:
             messages.append(message)
 
-        await self.app(scope, receive, send)
+        await self.app(scope, receive or no_body, send)
         start = messages[0]
-        headers = {k.decode(): v.decode() for k, v in start["headers"]}
+        response_headers = {k.decode(): v.decode() for k, v in start["headers"]}
         body = b"".join(m.get("body", b"") for m in messages[1:])
-        return start["status"], headers, body
+        return start["status"], response_headers, body
 
 
 @asynccontextmanager

@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from gateway_harness import Recorder, running_gateway
+from starlette.types import Message
 
 
 async def test_forwards_method_path_query_body_and_end_to_end_headers() -> None:
@@ -305,4 +306,24 @@ async def test_url_and_header_size_limits() -> None:
         )
         assert big_headers.status_code == 431
         assert big_headers.json()["code"] == "request_header_fields_too_large"
+        assert gateway.audits.requests == []
+
+
+async def test_a_stalled_body_is_cut_off_with_408() -> None:
+    parts: list[Message] = [{"type": "http.request", "body": b"{", "more_body": True}]
+
+    async def stall() -> Message:
+        if parts:
+            return parts.pop()
+        await asyncio.sleep(30)
+        raise AssertionError("the gateway kept waiting")
+
+    async with running_gateway(client_body_timeout=0.2) as gateway:
+        status, headers, body = await gateway.raw(
+            "POST", b"/api/v1/audits", [(b"content-length", b"1000")], stall
+        )
+        assert status == 408
+        assert headers["content-type"] == "application/problem+json"
+        assert headers["connection"] == "close"
+        assert b'"code":"request_timeout"' in body
         assert gateway.audits.requests == []

@@ -88,6 +88,7 @@ def create_app(
     app.add_middleware(
         ProxyMiddleware,
         max_body_bytes=settings.max_body_bytes,
+        body_timeout=settings.client_body_timeout,
         trusted_proxies=settings.trusted_proxies,
     )
     app.add_middleware(

@@ -57,6 +57,10 @@ class _ClientGone(Exception):
     pass
 
 
+class _BodyTimeout(Exception):
+    pass
+
+
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     tokens = [
         token.strip().lower()
@@ -85,10 +89,15 @@ class ProxyMiddleware:
     """Forwards requests under an upstream's prefix; everything else goes to `app`."""
 
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, trusted_proxies: tuple[IPNetwork, ...]
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        body_timeout: float,
+        trusted_proxies: tuple[IPNetwork, ...],
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
         self.trusted_proxies = trusted_proxies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -113,6 +122,7 @@ class ProxyMiddleware:
                 b"x-forwarded-proto",
                 b"x-forwarded-host",
                 b"host",
+                b"transfer-encoding",
             ):
                 original[name] = value
 
@@ -143,9 +153,14 @@ class ProxyMiddleware:
 
         headers = _end_to_end(incoming, _HOP_BY_HOP | _SET_BY_GATEWAY)
         headers += self._forwarding_headers(scope, peer, original)
-        first = await receive()
-        while first.get("more_body", False) and not first.get("body"):
-            first = await receive()
+        expects_body = b"transfer-encoding" in original or declared not in (None, b"0")
+        try:
+            first = await (self._receive(receive) if expects_body else receive())
+            while first.get("more_body", False) and not first.get("body"):
+                first = await self._receive(receive)
+        except _BodyTimeout:
+            await self._body_timed_out(scope, receive, send)
+            return
         body: bytes | AsyncIterator[bytes]
         if first["type"] == "http.disconnect":
             return
@@ -174,6 +189,9 @@ class ProxyMiddleware:
             await self._too_large(scope, receive, send)
             return
         except _ClientGone:
+            return
+        except _BodyTimeout:
+            await self._body_timed_out(scope, receive, send)
             return
         except httpx.TimeoutException:
             logger.warning("upstream timed out", upstream=upstream.name)
@@ -312,7 +330,7 @@ class ProxyMiddleware:
         yield first.get("body", b"")
         more = True
         while more:
-            message = await receive()
+            message = await self._receive(receive)
             if message["type"] == "http.disconnect":
                 raise _ClientGone
             chunk = message.get("body", b"")
@@ -346,6 +364,26 @@ class ProxyMiddleware:
         if host:
             headers.append((b"x-forwarded-host", host))
         return headers
+
+    async def _receive(self, receive: Receive) -> Message:
+        """The next part of the body; a client that stalls longer than the body timeout is
+        cut off, so slow senders cannot hold connections here and upstream forever."""
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                return await receive()
+        except TimeoutError:
+            raise _BodyTimeout from None
+
+    async def _body_timed_out(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(
+            408,
+            "request_timeout",
+            "Request Timeout",
+            f"The request body did not arrive within {self.body_timeout:g} s.",
+            scope["path"],
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem_response(
