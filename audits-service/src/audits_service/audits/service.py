@@ -13,6 +13,7 @@ from uuid import UUID
 from sqlalchemy import ColumnElement, Row, delete, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.sql.dml import ReturningInsert
 
 from audits_service.audits.exceptions import (
     AuditNotFound,
@@ -41,7 +42,7 @@ def _response(row: Row[Any]) -> AuditRecordResponse:
     return AuditRecordResponse.model_validate(row._mapping)
 
 
-def _insert_record(data: AuditRecordCreate, request_id: str) -> Any:
+def _insert_record(data: AuditRecordCreate, request_id: str) -> ReturningInsert[Any]:
     return (
         insert(audit_record)
         .values(id=uuid7(), request_id=request_id, **data.model_dump())
