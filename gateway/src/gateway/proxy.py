@@ -46,6 +46,8 @@ _SET_BY_GATEWAY = frozenset(
 # The gateway's server writes its own; two of each would be invalid.
 _RESPONSE_SET_BY_GATEWAY = frozenset({b"date", b"server"})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# Responses up to this size are read whole before they are relayed (see `_relay_whole`).
+_WHOLE_RESPONSE_BYTES = 64 * 1024
 _RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
@@ -213,7 +215,42 @@ class ProxyMiddleware:
                 path,
             )(scope, receive, send)
             return
-        await self._relay(upstream, *response, receive, send)
+        status, raw_headers, stream = response
+        if _small_length(raw_headers):
+            await self._relay_whole(upstream, status, raw_headers, stream, scope, receive, send)
+        else:
+            await self._relay(upstream, status, raw_headers, stream, receive, send)
+
+    async def _relay_whole(
+        self,
+        upstream: Upstream,
+        status: int,
+        raw_headers: list[tuple[bytes, bytes]],
+        stream: httpx.AsyncByteStream,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """A small body of known length is read before the status line goes out, so an
+        upstream dying mid-body is a clean 502/504 problem rather than a truncated 200."""
+        try:
+            content = b"".join([chunk async for chunk in stream])
+        except httpx.TransportError as exc:
+            logger.warning("upstream failed mid-response", upstream=upstream.name, error=str(exc))
+            timed_out = isinstance(exc, httpx.TimeoutException)
+            await problem_response(
+                504 if timed_out else 502,
+                "upstream_timeout" if timed_out else "upstream_unavailable",
+                "Upstream timed out" if timed_out else "Upstream unavailable",
+                f"The {upstream.name} service failed while answering.",
+                scope["path"],
+            )(scope, receive, send)
+            return
+        finally:
+            await stream.aclose()
+        headers = _end_to_end(raw_headers, _HOP_BY_HOP | _RESPONSE_SET_BY_GATEWAY)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content, "more_body": False})
 
     async def _exchange(
         self,
@@ -399,3 +436,10 @@ class ProxyMiddleware:
 async def _wait_for_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+def _small_length(raw_headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in raw_headers:
+        if name.lower() == b"content-length":
+            return value.isdigit() and int(value) <= _WHOLE_RESPONSE_BYTES
+    return False
