@@ -1,6 +1,7 @@
 """Property tests: valid records round-trip unchanged; invalid ones are 422, never 500."""
 
 import ipaddress
+import os
 from typing import Any
 
 import httpx
@@ -13,7 +14,9 @@ from hypothesis import strategies as st
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 EXAMPLES = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=int(os.environ.get("AUDITS_HYPOTHESIS_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 # Any Unicode PostgreSQL can store: everything but NUL and lone surrogates.
