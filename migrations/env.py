@@ -8,12 +8,13 @@ import asyncio
 from logging.config import fileConfig
 
 from alembic import context
-from audits_service.audits import models  # noqa: F401  (registers the tables)
-from audits_service.config import Settings, normalise_database_url
-from audits_service.database import Base
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from audits_service.audits import models  # noqa: F401  (registers the tables)
+from audits_service.config import Settings, normalise_database_url
+from audits_service.database import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

@@ -10,10 +10,10 @@ from uuid import uuid4
 import httpx
 import pytest
 from alembic import command
-from audits_service.config import Settings
-from audits_service.main import create_app
 from audits_testkit import alembic_config, app_client
 
+from audits_service.config import Settings
+from audits_service.main import create_app
 from devstack.postgres import EmbeddedPostgres
 
 

@@ -5,11 +5,11 @@ from uuid import UUID, uuid4
 
 import httpx
 import pytest
+from audits_testkit import AUDITS, app_client, assert_problem, record
+
 from audits_service.audits.constants import AuditAction, AuditStatus
 from audits_service.config import Settings
 from audits_service.main import create_app
-from audits_testkit import AUDITS, app_client, assert_problem, record
-
 from devstack.postgres import free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -208,6 +208,21 @@ async def test_delete_then_404(client: httpx.AsyncClient) -> None:
     assert response.content == b""
     assert_problem(await client.delete(f"{AUDITS}/{created['id']}"), 404, "not_found")
     assert_problem(await client.get(f"{AUDITS}/{created['id']}"), 404, "not_found")
+
+
+async def test_trailing_slash_is_404_not_a_redirect(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.post(f"{AUDITS}/", json=record()), 404, "not_found")
+    assert_problem(await client.get(f"{AUDITS}/"), 404, "not_found")
+
+
+async def test_null_body_is_422(client: httpx.AsyncClient) -> None:
+    headers = {"Content-Type": "application/json"}
+    assert_problem(
+        await client.post(AUDITS, content=b"null", headers=headers), 422, "validation_error"
+    )
+    created = (await client.post(AUDITS, json=record())).json()
+    response = await client.put(f"{AUDITS}/{created['id']}", content=b"null", headers=headers)
+    assert_problem(response, 422, "validation_error")
 
 
 async def test_body_that_is_not_json_is_a_problem(client: httpx.AsyncClient) -> None:

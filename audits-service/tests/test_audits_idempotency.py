@@ -7,10 +7,11 @@ from uuid import uuid4
 import asyncpg
 import httpx
 import pytest
-from audits_service.audits.service import purge_expired_keys
-from audits_service.config import Settings
 from audits_testkit import AUDITS, assert_problem, record
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from audits_service.audits.service import purge_expired_keys
+from audits_service.config import Settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

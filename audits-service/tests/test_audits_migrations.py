@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
-from audits_service.config import normalise_database_url
-from audits_service.health import migration_head
 from audits_testkit import ALEMBIC_INI, alembic_config
 from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from audits_service.config import normalise_database_url
+from audits_service.health import migration_head
 
 
 def tables(url: str) -> set[str]:

@@ -6,10 +6,11 @@ from typing import Any
 
 import httpx
 import pytest
-from audits_service.audits.constants import AuditAction, AuditStatus
 from audits_testkit import AUDITS, Record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from audits_service.audits.constants import AuditAction, AuditStatus
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -73,6 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Audit-trail records in PostgreSQL.",
         lifespan=partial(lifespan, settings=settings),
+        # A redirect would name this service's host, which clients behind the gateway
+        # cannot reach: `/api/v1/audits/` is a plain 404 instead.
+        redirect_slashes=False,
     )
     install_servicekit(app, service="audits", settings=settings)
     app.include_router(health_router("audits", ready=database_ready))
