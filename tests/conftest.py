@@ -1,0 +1,176 @@
+"""End-to-end fixtures: the services as real uvicorn processes, the OpenAI stand-in, Redis.
+
+The session `stack` (PostgreSQL database, audits, llm on the stand-in, gateway) is shared
+by tests that only read or add data; tests that break things (kill a service, stop a
+database) start their own processes with `start_service`.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devstack.openai_standin import OpenAIStandin
+from devstack.postgres import EmbeddedPostgres, free_port
+from devstack.processes import ServiceProcess
+from devstack.run import migrate
+
+STANDIN_API_KEY = "sk-standin-e2e"
+
+
+@dataclass
+class Stack:
+    database_url: str
+    audits: ServiceProcess
+    llm: ServiceProcess
+    gateway: ServiceProcess
+    logs: Path
+
+    def log_text(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+
+StartService = Callable[..., ServiceProcess]
+
+
+def llm_env(standin: OpenAIStandin) -> dict[str, str]:
+    return {
+        "OPENAI_API_KEY": STANDIN_API_KEY,
+        "OPENAI_BASE_URL": standin.base_url,
+        "OPENAI_MODEL": "gpt-4o-mini",
+        "OPENAI_ALLOWED_MODELS": "gpt-4o-mini,gpt-4o",
+        "OPENAI_RETRY_MAX_TIME": "5",
+    }
+
+
+def gateway_env(audits_url: str, llm_url: str, **extra: str) -> dict[str, str]:
+    return {
+        "AUDITS_SERVICE_URL": audits_url,
+        "LLM_SERVICE_URL": llm_url,
+        "RATE_LIMIT_LLM_PER_MINUTE": "0",
+        **extra,
+    }
+
+
+def _start(
+    name: str, env: Mapping[str, str], log_path: Path, port: int | None = None
+) -> ServiceProcess:
+    log = log_path.open("ab")
+    # Tests must not depend on the runner's log level.
+    service = ServiceProcess(name, {"LOG_LEVEL": "INFO", **env}, port=port, log=log)
+    try:
+        service.start()
+    finally:
+        log.close()
+    return service
+
+
+def wait_ready(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def standin() -> Iterator[OpenAIStandin]:
+    """The session's OpenAI stand-in; tests that script faults use their own instance."""
+    with OpenAIStandin(api_key=STANDIN_API_KEY) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def stack(
+    postgres: EmbeddedPostgres,
+    standin: OpenAIStandin,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    logs = tmp_path_factory.mktemp("stack-logs")
+    database_url = postgres.create_database("e2e_stack")
+    migrate(database_url)
+    started: list[ServiceProcess] = []
+    try:
+        audits = _start("audits", {"DATABASE_URL": database_url}, logs / "audits.log")
+        started.append(audits)
+        llm = _start("llm", llm_env(standin), logs / "llm.log")
+        started.append(llm)
+        gateway = _start("gateway", gateway_env(audits.url, llm.url), logs / "gateway.log")
+        started.append(gateway)
+        wait_ready(gateway.url)
+        yield Stack(database_url, audits, llm, gateway, logs)
+    finally:
+        for service in reversed(started):
+            service.stop()
+
+
+@pytest.fixture
+def start_service(tmp_path: Path) -> Iterator[StartService]:
+    """Start a service process for this test only; all are stopped when it ends."""
+    started: list[ServiceProcess] = []
+
+    def start(name: str, env: Mapping[str, str], port: int | None = None) -> ServiceProcess:
+        service = _start(name, env, tmp_path / f"{name}-{len(started)}.log", port)
+        started.append(service)
+        return service
+
+    yield start
+    for service in reversed(started):
+        service.stop()
+
+
+@pytest.fixture
+def migrated_database_url(fresh_database_url: str) -> str:
+    migrate(fresh_database_url)
+    return fresh_database_url
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server on a free port (never the machine's own on 6379)."""
+    given = os.environ.get("TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed; set TEST_REDIS_URL to test the Redis mode")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_redis(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _wait_redis(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"redis-server on port {port} not up after {timeout} s")
