@@ -6,7 +6,7 @@ from typing import TypedDict
 
 from fastapi import FastAPI, Request
 from loguru import logger
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
 from llm_service import __version__
 from llm_service.chat.router import router as chat_router
@@ -27,18 +27,21 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
         logger.warning("OPENAI_API_KEY is not set: the service is not ready and answers 503")
         yield {"chat": None, "key_status": KeyStatus.MISSING}
         return
-    # The one client of this process; retries belong to ChatService's policy alone.
+    # The one client (and connection pool) of this process; retries belong to
+    # ChatService's policy alone.
+    http = DefaultAsyncHttpxClient(timeout=settings.openai_timeout)
     client = AsyncOpenAI(
         api_key=settings.openai_api_key.get_secret_value(),
         base_url=settings.openai_base_url,
         timeout=settings.openai_timeout,
         max_retries=0,
+        http_client=http,
     )
     try:
         status = KeyStatus.UNCHECKED
         if settings.openai_validate_on_startup:
             status = await check_key(client, settings)
-        yield {"chat": ChatService(client, settings), "key_status": status}
+        yield {"chat": ChatService(client, http, settings), "key_status": status}
     finally:
         await client.close()
 

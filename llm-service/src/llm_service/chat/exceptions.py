@@ -1,3 +1,8 @@
+from typing import Any
+
+import httpx2
+import orjson
+
 from servicekit import ServiceError
 
 
@@ -31,3 +36,22 @@ class ModelNotFound(ServiceError):
 
 class MalformedUpstreamResponse(Exception):
     """The upstream answered 200 with a body that is not what OpenAI's API returns."""
+
+
+class UpstreamStatusError(Exception):
+    """The upstream answered with an error status; `error` is OpenAI's error object."""
+
+    def __init__(self, status: int, headers: httpx2.Headers, error: dict[str, Any]) -> None:
+        super().__init__(f"upstream HTTP {status}")
+        self.status = status
+        self.headers = headers
+        self.error = error
+
+    @classmethod
+    def from_response(cls, response: httpx2.Response) -> "UpstreamStatusError":
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            body = None
+        error = body.get("error", body) if isinstance(body, dict) else None
+        return cls(response.status_code, response.headers, error if isinstance(error, dict) else {})

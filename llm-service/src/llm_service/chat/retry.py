@@ -12,29 +12,28 @@ from typing import ParamSpec, TypeVar, cast
 
 import backoff
 import httpx2
-from openai import APIConnectionError, APIError, APIStatusError
 
 from llm_service.chat.constants import INITIAL_RETRY_WAIT, MAX_RETRY_WAIT, RETRYABLE_STATUSES
-from llm_service.chat.exceptions import MalformedUpstreamResponse
+from llm_service.chat.exceptions import MalformedUpstreamResponse, UpstreamStatusError
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-UPSTREAM_FAILURES = (APIError, httpx2.TransportError, MalformedUpstreamResponse)
+UPSTREAM_FAILURES = (UpstreamStatusError, httpx2.TransportError, MalformedUpstreamResponse)
 """Everything an attempt raises when the upstream (not our code) failed."""
 
 
 def is_retryable(exc: Exception) -> bool:
-    if isinstance(exc, APIStatusError):
-        return exc.status_code in RETRYABLE_STATUSES
-    return isinstance(exc, APIConnectionError | httpx2.TransportError)
+    if isinstance(exc, UpstreamStatusError):
+        return exc.status in RETRYABLE_STATUSES
+    return isinstance(exc, httpx2.TransportError)
 
 
 def retry_after(exc: Exception | None) -> float | None:
     """Seconds the upstream asked us to wait (`retry-after-ms`, then `retry-after`)."""
-    if not isinstance(exc, APIStatusError):
+    if not isinstance(exc, UpstreamStatusError):
         return None
-    headers = exc.response.headers
+    headers = exc.headers
     if milliseconds := headers.get("retry-after-ms"):
         try:
             return max(float(milliseconds) / 1000, 0.0)
