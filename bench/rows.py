@@ -210,7 +210,9 @@ class Bench:
             "request_id": "$1::text",
         }
         series = {
-            "id": "gen_random_uuid()",
+            # Ascending like the service's time-ordered ids: appends to the primary key
+            # index instead of a million random insertions (3 s instead of 11 s).
+            "id": "'01900000-0000-7000-8000-' || lpad(to_hex(g), 12, '0')",
             "action": f"({actions})[1 + g % 10]",
             "status": "'success'",
             "actor": "'user-' || (g % 1000)",
