@@ -17,7 +17,9 @@ class Settings(ServiceSettings):
     health_check_timeout: float = Field(default=2.0, gt=0)
     max_body_bytes: int = Field(default=1_048_576, ge=0)
     client_body_timeout: float = Field(
-        default=10.0, gt=0, description="Seconds the body may stall before a 408."
+        default=10.0,
+        gt=0,
+        description="Seconds the whole request body may take to arrive before a 408.",
     )
     max_url_bytes: int = Field(default=8192, gt=0)
     max_header_bytes: int = Field(default=32_768, gt=0)

@@ -156,10 +156,13 @@ class ProxyMiddleware:
         headers = _end_to_end(incoming, _HOP_BY_HOP | _SET_BY_GATEWAY)
         headers += self._forwarding_headers(scope, peer, original)
         expects_body = b"transfer-encoding" in original or declared not in (None, b"0")
+        # One deadline for the whole body: a client trickling a byte at a time must not
+        # hold a connection here, and one upstream, for longer than the body timeout.
+        body_deadline = asyncio.get_running_loop().time() + self.body_timeout
         try:
-            first = await (self._receive(receive) if expects_body else receive())
+            first = await (self._receive(receive, body_deadline) if expects_body else receive())
             while first.get("more_body", False) and not first.get("body"):
-                first = await self._receive(receive)
+                first = await self._receive(receive, body_deadline)
         except _BodyTimeout:
             await self._body_timed_out(scope, receive, send)
             return
@@ -167,7 +170,7 @@ class ProxyMiddleware:
         if first["type"] == "http.disconnect":
             return
         if first.get("more_body", False):
-            body = self._stream_body(first, receive)
+            body = self._stream_body(first, receive, body_deadline)
         else:
             whole: bytes = first.get("body", b"")
             body = whole
@@ -360,14 +363,16 @@ class ProxyMiddleware:
         else:
             await asyncio.gather(pump, return_exceptions=True)
 
-    async def _stream_body(self, first: Message, receive: Receive) -> AsyncIterator[bytes]:
+    async def _stream_body(
+        self, first: Message, receive: Receive, deadline: float
+    ) -> AsyncIterator[bytes]:
         received = len(first.get("body", b""))
         if received > self.max_body_bytes:
             raise _BodyTooLarge
         yield first.get("body", b"")
         more = True
         while more:
-            message = await self._receive(receive)
+            message = await self._receive(receive, deadline)
             if message["type"] == "http.disconnect":
                 raise _ClientGone
             chunk = message.get("body", b"")
@@ -402,11 +407,12 @@ class ProxyMiddleware:
             headers.append((b"x-forwarded-host", host))
         return headers
 
-    async def _receive(self, receive: Receive) -> Message:
-        """The next part of the body; a client that stalls longer than the body timeout is
-        cut off, so slow senders cannot hold connections here and upstream forever."""
+    @staticmethod
+    async def _receive(receive: Receive, deadline: float) -> Message:
+        """The next part of the body; a client whose body is not complete by the deadline
+        is cut off, so slow senders cannot hold connections here and upstream forever."""
         try:
-            async with asyncio.timeout(self.body_timeout):
+            async with asyncio.timeout_at(deadline):
                 return await receive()
         except TimeoutError:
             raise _BodyTimeout from None
