@@ -23,6 +23,8 @@ from devstack.processes import ServiceProcess
 from devstack.run import migrate
 
 STANDIN_API_KEY = "sk-standin-e2e"
+# Short, so that the slow-body tests are quick; fuzzing sends every body at once.
+STACK_CLIENT_BODY_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -106,7 +108,10 @@ def stack(
         started.append(audits)
         llm = _start("llm", llm_env(standin), logs / "llm.log")
         started.append(llm)
-        gateway = _start("gateway", gateway_env(audits.url, llm.url), logs / "gateway.log")
+        gateway_settings = gateway_env(
+            audits.url, llm.url, CLIENT_BODY_TIMEOUT=str(STACK_CLIENT_BODY_TIMEOUT_S)
+        )
+        gateway = _start("gateway", gateway_settings, logs / "gateway.log")
         started.append(gateway)
         wait_ready(gateway.url)
         yield Stack(database_url, audits, llm, gateway, logs)
