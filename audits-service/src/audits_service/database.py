@@ -1,6 +1,5 @@
 """Engine, sessions and the mapping of database failures to `503 database_unavailable`."""
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Final
@@ -52,9 +51,8 @@ class DatabaseUnavailable(ServiceError):
 
 def is_unavailable(exc: BaseException) -> bool:
     """True when `exc` says the database is down, unreachable or too slow to answer."""
+    # OSError covers refused connections and (asyncio) timeouts.
     if isinstance(exc, PoolTimeoutError | OperationalError | InterfaceError | OSError):
-        return True
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return True
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
