@@ -4,6 +4,7 @@ and judges it against the targets of issue 6."""
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -264,9 +265,9 @@ class Bench:
         return lambda duration: self.runner.http(target, c, duration)
 
     def sdk(
-        self, base_url: str, stream: bool, concurrency: int | None = None
+        self, base_url: str, stream: bool, concurrency: int | None = None, key: str = "sk-bench"
     ) -> Callable[[float], Load]:
-        args = ["--base-url", base_url, "--model", MODEL]
+        args = ["--base-url", base_url, "--model", MODEL, "--api-key", key]
         args += ["--concurrency", str(concurrency or self.settings.concurrency)]
         if stream:
             args.append("--stream")
@@ -655,6 +656,7 @@ def litellm(bench: Bench) -> list[Row]:
         raise Skip("LiteLLM is not installed (optional reference)")
     standin = bench.standin()
     port = free_port()
+    master_key = "sk-" + secrets.token_hex(24)
     process = bench.stack.spawn(
         [
             binary,
@@ -670,7 +672,12 @@ def litellm(bench: Bench) -> list[Row]:
             "1",
         ],
         "litellm",
-        {"OPENAI_API_KEY": "sk-bench"},
+        {
+            "OPENAI_API_KEY": "sk-bench",
+            "LITELLM_MASTER_KEY": master_key,
+            # The model cost map ships with the package: no fetch from the internet.
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        },
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -684,7 +691,9 @@ def litellm(bench: Bench) -> list[Row]:
             raise RuntimeError(f"LiteLLM did not start: {bench.stack.log_tail('litellm')}")
         time.sleep(0.2)
     try:
-        sdk, proxied = bench.pair(bench.sdk(standin + "/v1", False), bench.sdk(url, False))
+        sdk, proxied = bench.pair(
+            bench.sdk(standin + "/v1", False), bench.sdk(url, False, key=master_key)
+        )
     finally:
         bench.stack.stop(process)
     return [

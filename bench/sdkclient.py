@@ -52,7 +52,7 @@ def _ms(value: float | None) -> float | None:
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     client = openai.AsyncOpenAI(
-        base_url=args.base_url, api_key="sk-bench", max_retries=0, timeout=30.0
+        base_url=args.base_url, api_key=args.api_key, max_retries=0, timeout=30.0
     )
     tally = Tally()
     started = time.perf_counter()
@@ -79,6 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--model", default="gpt-4o-mini")
+    parser.add_argument("--api-key", default="sk-bench")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--stream", action="store_true")
