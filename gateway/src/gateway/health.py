@@ -6,7 +6,6 @@ import time
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from servicekit.health import Liveness
 
 from gateway import __version__
 from gateway.dependencies import SettingsDep, UpstreamsDep
@@ -14,6 +13,7 @@ from gateway.errors import UpstreamTimeout, UpstreamUnavailable
 from gateway.schemas import DatabaseHealth, DownstreamHealth, GatewayReadiness, RootInfo
 from gateway.upstreams import API_PREFIX, Upstream
 from servicekit import REQUEST_ID_HEADER, current_request_id, problem_responses
+from servicekit.health import Liveness
 
 DESCRIPTION = "Public API gateway for the audits and LLM services."
 
