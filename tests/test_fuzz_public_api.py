@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 from uuid import uuid4
 
 import pytest
@@ -26,6 +26,7 @@ CI_SEED = 20261126
 CI_EXAMPLES_PER_OPERATION = 15
 NIGHTLY_EXAMPLES_PER_OPERATION = 200
 ALLOWED_MODEL = "gpt-4o-mini"
+MAX_TOKENS = 4096  # OPENAI_MAX_TOKENS's default, which the stack runs with
 _VALID_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
@@ -98,16 +99,33 @@ def _server_issued_values(_: HookContext, case: Case[Any], __: dict[str, Any]) -
 
     A valid Idempotency-Key is made unique (reusing one with another body is a documented
     422); a cursor is an opaque token from `next_cursor` (any other string is rightly a
-    422); `model` must be in `OPENAI_ALLOWED_MODELS`, which the schema cannot enumerate.
-    Invalid values are left alone, so negative cases stay negative.
+    422); `model` must be in `OPENAI_ALLOWED_MODELS` and token counts within
+    `OPENAI_MAX_TOKENS`, which the schema cannot know (model ids too: the gateway
+    refuses odd paths such as a `\\` in one with 400); `created_from` after `created_to` is
+    a documented 422 no JSON Schema can express. Invalid values are left alone, so negative
+    cases stay negative.
     """
     key = case.headers.get("Idempotency-Key") if case.headers else None
     if case.headers and _VALID_IDEMPOTENCY_KEY.fullmatch(str(key)):
         case.headers["Idempotency-Key"] = f"fuzz-{uuid4()}"
-    if case.query and isinstance(case.query.get("cursor"), str):
-        del case.query["cursor"]
-    if isinstance(case.body, dict) and isinstance(case.body.get("model"), str):
-        case.body["model"] = ALLOWED_MODEL
+    if case.query:
+        if isinstance(case.query.get("cursor"), str):
+            del case.query["cursor"]
+        if "created_from" in case.query and "created_to" in case.query:
+            del case.query["created_to"]
+    if isinstance(case.body, dict):
+        if isinstance(case.body.get("model"), str):
+            case.body["model"] = ALLOWED_MODEL
+        for field in ("max_tokens", "max_completion_tokens"):
+            value = case.body.get(field)
+            if _integral(value) and value > MAX_TOKENS:
+                case.body[field] = MAX_TOKENS
+    if case.path_parameters and isinstance(case.path_parameters.get("model_id"), str):
+        case.path_parameters["model_id"] = ALLOWED_MODEL
+
+
+def _integral(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value % 1 == 0
 
 
 @pytest.fixture
