@@ -6,9 +6,10 @@ from typing import Any
 from urllib.parse import unquote
 
 import httpx
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from gateway.config import Settings
 from gateway.main import create_app
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 Handler = Callable[[httpx.Request], Any]
 

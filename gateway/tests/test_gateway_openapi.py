@@ -3,13 +3,13 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from gateway.config import Settings
-from gateway.openapi import OpenAPICache
-from gateway.upstreams import build_upstreams
 from gateway_harness import Recorder, running_gateway
 from openapi_spec_validator import validate
 from pydantic import BaseModel
 
+from gateway.config import Settings
+from gateway.openapi import OpenAPICache
+from gateway.upstreams import build_upstreams
 from servicekit import problem_responses
 
 

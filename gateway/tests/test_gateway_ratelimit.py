@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from ipaddress import ip_network
 
 import pytest
-from gateway.ratelimit import MemoryRateLimiter, RedisRateLimiter, client_ip
 from gateway_harness import running_gateway
+
+from gateway.ratelimit import MemoryRateLimiter, RedisRateLimiter, client_ip
 
 TRUSTED = (ip_network("10.0.0.0/8"), ip_network("192.0.2.1/32"))
 

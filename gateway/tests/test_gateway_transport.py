@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 import uvicorn
-from gateway.transport import UpstreamTransport
 from starlette.types import Message, Receive, Scope, Send
+
+from gateway.transport import UpstreamTransport
 
 
 class Upstream:
