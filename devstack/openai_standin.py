@@ -421,12 +421,17 @@ class OpenAIStandin:
             )
         events.append(b"data: [DONE]\n\n")
 
-        writer.write(
+        head = (
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
             b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n"
             b"x-request-id: req_standin_%d\r\n\r\n" % next(self._ids)
         )
         delay = self.chunk_delay
+        if not delay and drop_after is None:
+            # Nothing to wait for between events: one write, as a fast server would send it.
+            writer.write(head + _chunk(b"".join(events)) + b"0\r\n\r\n")
+            return
+        writer.write(head)
         for sent, data in enumerate(events):
             if drop_after is not None and sent >= drop_after:
                 await writer.drain()
