@@ -6,9 +6,11 @@ import shutil
 import statistics
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import psutil
 
 from bench.stack import Stack
 
@@ -53,12 +55,25 @@ class Load:
         return (self.errors + self.non_2xx) / max(self.requests, 1)
 
 
+def _cpu_seconds(pids: Mapping[str, int]) -> dict[str, float]:
+    seconds: dict[str, float] = {}
+    for name, pid in pids.items():
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        seconds[name] = times.user + times.system
+    return seconds
+
+
 def _lua_string(value: str) -> str:
     return "[==[" + value + "]==]"
 
 
 def _from_json(tool: str, raw: dict[str, float | None]) -> Load:
-    extra = {k: v for k, v in raw.items() if k.endswith("_ms") and k not in ("p50_ms", "p99_ms")}
+    extra = {
+        k: v for k, v in raw.items() if k.endswith(("_ms", "_us")) and k not in ("p50_ms", "p99_ms")
+    }
     return Load(
         tool=tool,
         rps=float(raw["rps"] or 0.0),
@@ -91,10 +106,27 @@ class LoadRunner:
     def tool_name(self) -> str:
         return "wrk" if self.wrk else "python loadclient"
 
-    def http(self, target: Target, concurrency: int, duration: float) -> Load:
+    def http(
+        self,
+        target: Target,
+        concurrency: int,
+        duration: float,
+        watch: Mapping[str, int] | None = None,
+    ) -> Load:
+        """Puts `target` under load; `watch` names server PIDs whose CPU time per request
+        is reported in `extra` as `cpu_<name>_us` (robust to a noisy neighbour)."""
+        before = _cpu_seconds(watch or {})
         if self.wrk is not None:
-            return self._wrk(target, concurrency, duration)
-        return self.python_client(target, concurrency, duration)
+            load = self._wrk(target, concurrency, duration)
+        else:
+            load = self.python_client(target, concurrency, duration)
+        after = _cpu_seconds(watch or {})
+        per_request = {
+            f"cpu_{name}_us": (after[name] - before[name]) / max(load.requests, 1) * 1e6
+            for name in before
+            if name in after
+        }
+        return replace(load, extra={**load.extra, **per_request})
 
     def _wrk(self, target: Target, concurrency: int, duration: float) -> Load:
         assert self.wrk is not None

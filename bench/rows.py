@@ -54,6 +54,20 @@ def failures(load: Load) -> str:
     return f"{load.errors} errors and {load.non_2xx} non-2xx of {load.requests} requests"
 
 
+def join(*notes: str) -> str:
+    return "; ".join(note for note in notes if note)
+
+
+def cpu_note(load: Load, prefix: str = "CPU/request: ", **names: str) -> str:
+    """`CPU/request: gateway 240 µs, …` from the run's `cpu_<process>_us` figures."""
+    parts = [
+        f"{label} {value:.0f} µs"
+        for label, key in names.items()
+        if (value := load.extra.get(f"cpu_{key}_us")) is not None
+    ]
+    return prefix + ", ".join(parts) if parts else ""
+
+
 def judge(ok: bool, *loads: Load) -> tuple[str, str]:
     notes = [failure for failure in map(failures, loads) if failure]
     return ("PASS" if ok and not notes else "FAIL"), "; ".join(notes)
@@ -260,9 +274,14 @@ class Bench:
 
     # -- load shapes ---------------------------------------------------------------------
 
-    def http(self, target: Target, concurrency: int | None = None) -> Callable[[float], Load]:
+    def http(
+        self, target: Target, concurrency: int | None = None, watch: tuple[str, ...] = ()
+    ) -> Callable[[float], Load]:
+        """A wrk (or fallback) run of `target`; `watch` names processes (service keys or
+        server names) whose CPU time per request is recorded."""
         c = concurrency or self.settings.concurrency
-        return lambda duration: self.runner.http(target, c, duration)
+        pids = {name: self.stack.pid(name) for name in watch}
+        return lambda duration: self.runner.http(target, c, duration, pids)
 
     def sdk(
         self, base_url: str, stream: bool, concurrency: int | None = None, key: str = "sk-bench"
@@ -294,7 +313,8 @@ def proxy(bench: Bench) -> list[Row]:
     status, body = http_get(gateway + path)
     expect(status, body, 200, f"gateway GET {path} (to the trivial upstream)")
     direct, behind = bench.pair(
-        bench.http(Target(upstream + path)), bench.http(Target(gateway + path))
+        bench.http(Target(upstream + path), watch=("upstream",)),
+        bench.http(Target(gateway + path), watch=("gateway-upstream", "upstream")),
     )
     ratio = behind.rps / direct.rps
     p99_ok = (behind.p99_ms or 0) <= 2 * (direct.p99_ms or 0)
@@ -311,7 +331,12 @@ def proxy(bench: Bench) -> list[Row]:
             p99=pair_ms(behind.p99_ms, direct.p99_ms),
             target="≥0.5, p99 ≤2x direct",
             verdict=verdict,
-            note=note or ("" if p99_ok else "p99 over 2x direct"),
+            note=join(
+                note,
+                "" if p99_ok else "p99 over 2x direct",
+                cpu_note(behind, gateway="gateway-upstream", upstream="upstream"),
+                cpu_note(direct, "", **{"upstream direct": "upstream"}),
+            ),
         )
     ]
 
@@ -404,7 +429,8 @@ def audits_get(bench: Bench) -> list[Row]:
     status, body = http_get(gateway + path)
     expect(status, body, 200, f"gateway GET {path}")
     direct, behind = bench.pair(
-        bench.http(Target(audits + path)), bench.http(Target(gateway + path))
+        bench.http(Target(audits + path), watch=("audits",)),
+        bench.http(Target(gateway + path), watch=("gateway", "audits")),
     )
     ratio = behind.rps / direct.rps
     verdict, note = judge(ratio >= 0.8, behind, direct)
@@ -420,7 +446,11 @@ def audits_get(bench: Bench) -> list[Row]:
             p99=pair_ms(behind.p99_ms, direct.p99_ms),
             target="≥0.8",
             verdict=verdict,
-            note=note,
+            note=join(
+                note,
+                cpu_note(behind, gateway="gateway", audits="audits"),
+                cpu_note(direct, "", **{"audits direct": "audits"}),
+            ),
         )
     ]
 
@@ -440,7 +470,11 @@ def audits_post(bench: Bench) -> list[Row]:
     pg_args = ["--dsn", url, "--sql", sql, "--pool", "10", "--concurrency", str(concurrency)]
     raw, api = bench.pair(
         lambda d: bench.runner.module("bench.pgclient", pg_args, d),
-        bench.http(Target(audits + "/api/v1/audits", "POST", body, JSON_HEADER), concurrency),
+        bench.http(
+            Target(audits + "/api/v1/audits", "POST", body, JSON_HEADER),
+            concurrency,
+            watch=("audits",),
+        ),
     )
     ratio = api.rps / raw.rps
     verdict, note = judge(ratio >= 0.4, api, raw)
@@ -456,7 +490,7 @@ def audits_post(bench: Bench) -> list[Row]:
             p99=pair_ms(api.p99_ms, raw.p99_ms),
             target="≥0.4 (durable commits)",
             verdict=verdict,
-            note=note,
+            note=join(note, cpu_note(api, audits="audits")),
         )
     ]
 
@@ -562,7 +596,8 @@ def _llm_row(bench: Bench, stream: bool) -> list[Row]:
     llm = bench.llm()
     _check_chat(llm, "llm-service")
     sdk, service = bench.pair(
-        bench.sdk(standin + "/v1", stream), bench.http(_chat_target(llm, stream))
+        bench.sdk(standin + "/v1", stream),
+        bench.http(_chat_target(llm, stream), watch=("llm",)),
     )
     ratio = service.rps / sdk.rps
     wanted = 0.85 if stream else 0.75
@@ -580,7 +615,11 @@ def _llm_row(bench: Bench, stream: bool) -> list[Row]:
             p99=pair_ms(service.p99_ms, sdk.p99_ms),
             target=f"≥{wanted}",
             verdict=verdict,
-            note=note,
+            note=join(
+                note,
+                cpu_note(service, **{"llm-service": "llm"}),
+                cpu_note(sdk, "", **{"SDK client": "client"}),
+            ),
         )
     ]
 
@@ -629,7 +668,8 @@ def llm_gateway(bench: Bench) -> list[Row]:
     gateway = bench.gateway_real()
     _check_chat(gateway, "gateway")
     sdk, through = bench.pair(
-        bench.sdk(standin + "/v1", False), bench.http(_chat_target(gateway, False))
+        bench.sdk(standin + "/v1", False),
+        bench.http(_chat_target(gateway, False), watch=("gateway", "llm")),
     )
     ratio = through.rps / sdk.rps
     verdict, note = judge(ratio >= 0.6, through, sdk)
@@ -645,7 +685,11 @@ def llm_gateway(bench: Bench) -> list[Row]:
             p99=pair_ms(through.p99_ms, sdk.p99_ms),
             target="≥0.6",
             verdict=verdict,
-            note=note,
+            note=join(
+                note,
+                cpu_note(through, gateway="gateway", llm="llm"),
+                cpu_note(sdk, "", **{"SDK client": "client"}),
+            ),
         )
     ]
 

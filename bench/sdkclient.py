@@ -55,6 +55,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         base_url=args.base_url, api_key=args.api_key, max_retries=0, timeout=30.0
     )
     tally = Tally()
+    cpu_started = time.process_time()
     started = time.perf_counter()
     deadline = started + args.duration
     async with client:
@@ -65,7 +66,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             )
         )
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     return {
+        "cpu_client_us": cpu / max(tally.requests, 1) * 1e6,
         "requests": tally.requests,
         "rps": tally.requests / elapsed,
         "p50_ms": _ms(percentile(tally.latencies, 50)),

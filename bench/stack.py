@@ -71,6 +71,7 @@ class Stack:
         self._postgres: EmbeddedPostgres | None = None
         self._databases: dict[str, str] = {}
         self._urls: dict[str, str] = {}
+        self._servers: dict[str, int] = {}
 
     # -- processes -----------------------------------------------------------------------
 
@@ -146,6 +147,7 @@ class Stack:
             url = f"http://127.0.0.1:{port}"
             wait_http(url + probe, process, name, self)
             self._urls[name] = url
+            self._servers[name] = process.pid
         return self._urls[name]
 
     def python_app(self, name: str, app: str) -> str:
@@ -176,6 +178,9 @@ class Stack:
         return service
 
     def pid(self, key: str) -> int:
+        """The PID of a service (by its key) or of one of our servers (by its name)."""
+        if key in self._servers:
+            return self._servers[key]
         process = self._services[key].process
         assert process is not None
         return process.pid
