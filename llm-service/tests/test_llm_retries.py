@@ -1,13 +1,18 @@
 """SPEC §7's retry policy and error mapping, with exact upstream call counts and timings."""
 
+import email.utils
 import time
+from datetime import UTC, datetime, timedelta
 
 import httpx
+import httpx2
 import orjson
 import pytest
 from llm_testkit import ClientFactory, assert_problem, chat_body, sse_events
 
 from devstack.openai_standin import Fault, OpenAIStandin
+from llm_service.chat.exceptions import UpstreamStatusError
+from llm_service.chat.retry import retry_after
 
 REPLY = "Hello! This is the OpenAI stand-in speaking."
 
@@ -317,3 +322,29 @@ async def test_wire_stream_is_the_upstream_bytes(
         event.pop("created")
     assert ours_events == theirs_events
     assert ours.text.endswith("data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),
+        ({"retry-after": "3"}, 3.0),
+        ({"retry-after": "1.5"}, 1.5),
+        ({"retry-after": "-4"}, 0.0),
+        ({"retry-after": "soon"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after_reads_openai_and_http_headers(
+    headers: dict[str, str], seconds: float | None
+) -> None:
+    error = UpstreamStatusError(429, httpx2.Headers(headers), {})
+    assert retry_after(error) == seconds
+
+
+def test_retry_after_accepts_an_http_date() -> None:
+    when = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    error = UpstreamStatusError(503, httpx2.Headers({"retry-after": when}), {})
+    wait = retry_after(error)
+    assert wait is not None
+    assert 28 <= wait <= 30
