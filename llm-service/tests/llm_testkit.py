@@ -5,11 +5,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import httpx
-from llm_service.config import Settings
-from llm_service.main import create_app
 from starlette.types import Receive, Scope, Send
 
 from devstack.openai_standin import OpenAIStandin
+from llm_service.config import Settings
+from llm_service.main import create_app
 
 API_KEY = "sk-test-0123456789abcdefSECRET"
 
