@@ -40,7 +40,7 @@ from llm_service.config import Settings
 from servicekit import ServiceError
 from servicekit.problems import problem_body
 
-_SECRET_LIKE = re.compile(r"\b(sk|key|sess)-[A-Za-z0-9_\-*.]{4,}")
+_SECRET_LIKE = re.compile(r"\b(?:sk|sess)-[A-Za-z0-9_\-*.]{8,}")
 _DONE = b"data: [DONE]\n\n"
 
 
