@@ -18,6 +18,7 @@ from gateway.transport import UpstreamTransport
 from gateway.upstreams import Upstream
 from servicekit import REQUEST_ID_HEADER, current_request_id, problem_response
 
+_REQUEST_ID = REQUEST_ID_HEADER.lower().encode()
 # RFC 9110 §7.6.1 plus the de-facto Proxy-* family. Host and the forwarding headers are
 # set by the gateway itself; Expect was already answered by the gateway's own server.
 _HOP_BY_HOP = frozenset(
@@ -37,7 +38,7 @@ _SET_BY_GATEWAY = frozenset(
     {
         b"host",
         b"expect",
-        REQUEST_ID_HEADER.lower().encode(),
+        _REQUEST_ID,
         b"x-forwarded-for",
         b"x-forwarded-proto",
         b"x-forwarded-host",
@@ -155,12 +156,17 @@ class ProxyMiddleware:
 
         headers = _end_to_end(incoming, _HOP_BY_HOP | _SET_BY_GATEWAY)
         headers += self._forwarding_headers(scope, peer, original)
-        expects_body = b"transfer-encoding" in original or declared not in (None, b"0")
         # One deadline for the whole body: a client trickling a byte at a time must not
         # hold a connection here, and one upstream, for longer than the body timeout.
-        body_deadline = asyncio.get_running_loop().time() + self.body_timeout
+        body_deadline = (
+            asyncio.get_running_loop().time() + self.body_timeout
+            if b"transfer-encoding" in original or declared not in (None, b"0")
+            else None
+        )
         try:
-            first = await (self._receive(receive, body_deadline) if expects_body else receive())
+            first = await (
+                receive() if body_deadline is None else self._receive(receive, body_deadline)
+            )
             while first.get("more_body", False) and not first.get("body"):
                 first = await self._receive(receive, body_deadline)
         except _BodyTimeout:
@@ -364,7 +370,7 @@ class ProxyMiddleware:
             await asyncio.gather(pump, return_exceptions=True)
 
     async def _stream_body(
-        self, first: Message, receive: Receive, deadline: float
+        self, first: Message, receive: Receive, deadline: float | None
     ) -> AsyncIterator[bytes]:
         received = len(first.get("body", b""))
         if received > self.max_body_bytes:
@@ -401,14 +407,14 @@ class ProxyMiddleware:
         headers = [
             (b"x-forwarded-for", forwarded_for),
             (b"x-forwarded-proto", proto),
-            (REQUEST_ID_HEADER.lower().encode(), (current_request_id() or "").encode()),
+            (_REQUEST_ID, (current_request_id() or "").encode()),
         ]
         if host:
             headers.append((b"x-forwarded-host", host))
         return headers
 
     @staticmethod
-    async def _receive(receive: Receive, deadline: float) -> Message:
+    async def _receive(receive: Receive, deadline: float | None) -> Message:
         """The next part of the body; a client whose body is not complete by the deadline
         is cut off, so slow senders cannot hold connections here and upstream forever."""
         try:
