@@ -49,7 +49,7 @@ async def lifespan(
     upstreams = build_upstreams(settings, transports)
     limiter = _rate_limiter(settings)
     logger.info(
-        "gateway ready",
+        "gateway started",
         upstreams={name: str(upstream.base_url) for name, upstream in upstreams.items()},
         rate_limit=type(limiter).__name__,
     )
