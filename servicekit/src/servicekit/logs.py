@@ -1,6 +1,7 @@
 import logging
 import sys
 import traceback
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -14,6 +15,16 @@ if TYPE_CHECKING:
 _STDLIB_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.asgi", "alembic", "httpx", "openai")
 
 
+class _AccessLog:
+    service = ""
+    enabled = True
+
+
+def _write(line: dict[str, Any]) -> None:
+    sys.stdout.write(orjson.dumps(line, default=str).decode() + "\n")
+    sys.stdout.flush()
+
+
 def _json_sink(message: "Message") -> None:
     record = message.record
     line: dict[str, Any] = {
@@ -24,8 +35,29 @@ def _json_sink(message: "Message") -> None:
     }
     if record["exception"] is not None:
         line["exception"] = "".join(traceback.format_exception(*record["exception"]))
-    sys.stdout.write(orjson.dumps(line, default=str).decode() + "\n")
-    sys.stdout.flush()
+    _write(line)
+
+
+def log_access(method: str, path: str, status: int, duration_ms: float) -> None:
+    """The one INFO line per request, in the sink's shape.
+
+    Written straight to the sink: on the proxy's hot path loguru's record building cost
+    ~19 µs a request against ~3.5 µs for this.
+    """
+    if _AccessLog.enabled:
+        _write(
+            {
+                "time": datetime.now(UTC).isoformat(),
+                "level": "INFO",
+                "message": "request",
+                "service": _AccessLog.service,
+                "request_id": request_id_var.get(),
+                "method": method,
+                "path": path,
+                "status": status,
+                "duration_ms": duration_ms,
+            }
+        )
 
 
 def _add_request_id(record: "Record") -> None:
@@ -46,9 +78,13 @@ class _InterceptHandler(logging.Handler):
 
 def configure_logging(service: str, level: str = "INFO") -> None:
     """One JSON object per line on stdout, each carrying `service` and `request_id`."""
+    _AccessLog.service = service
+    _AccessLog.enabled = logger.level(level.upper()).no <= logger.level("INFO").no
     logger.remove()
     logger.configure(extra={"service": service}, patcher=_add_request_id)
-    logger.add(_json_sink, level=level.upper(), backtrace=False, diagnose=False)
+    # The sink builds its JSON from the record: "{message}" spares loguru formatting its
+    # default human-readable line (timestamp included) on every call, only to be ignored.
+    logger.add(_json_sink, level=level.upper(), format="{message}", backtrace=False, diagnose=False)
     # The threshold also on the stdlib side, so that records below it are dropped at the call
     # site: httpcore and openai log at DEBUG on every upstream call, which cost the llm
     # service ~10 % of its CPU when each record was built only for loguru to discard it.
