@@ -7,6 +7,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servicekit.context import REQUEST_ID_HEADER, accept_request_id, request_id_var
+from servicekit.logs import log_access
 from servicekit.problems import problem_response
 
 _REQUEST_ID_HEADER_BYTES = REQUEST_ID_HEADER.lower().encode()
@@ -62,11 +63,10 @@ class RequestContextMiddleware:
             await response(scope, receive, send_with_request_id)
         finally:
             if self.access_log:
-                logger.info(
-                    "request",
-                    method=scope["method"],
-                    path=scope["path"],
-                    status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                log_access(
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    round((time.perf_counter() - started) * 1000, 2),
                 )
             request_id_var.reset(token)
