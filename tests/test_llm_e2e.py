@@ -1,0 +1,146 @@
+"""The LLM half through the gateway, with real processes: our API and the official SDK."""
+
+import time
+
+import httpx
+import orjson
+import pytest
+from openai import AsyncOpenAI, UnprocessableEntityError
+from openai.types.chat import ChatCompletionMessageParam
+
+from devstack.openai_standin import OpenAIStandin
+from tests.conftest import STANDIN_API_KEY, Stack, StartService, gateway_env, llm_env
+
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
+
+
+def sse_data(body: str) -> list[str]:
+    return [line.removeprefix("data: ") for line in body.splitlines() if line.startswith("data: ")]
+
+
+async def test_chat_through_the_gateway(stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=stack.gateway.url, timeout=30) as client:
+        response = await client.post("/api/v1/openai/chat", json={"messages": MESSAGES})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "gpt-4o-mini"
+    assert body["message"]["role"] == "assistant"
+    assert body["message"]["content"]
+    assert body["finish_reason"] == "stop"
+    usage = body["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
+
+
+async def test_streamed_chat_through_the_gateway(stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=stack.gateway.url, timeout=30) as client:
+        response = await client.post(
+            "/api/v1/openai/chat", json={"messages": MESSAGES, "stream": True}
+        )
+        plain = await client.post("/api/v1/openai/chat", json={"messages": MESSAGES})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = sse_data(response.text)
+    assert events[-1] == "[DONE]"
+    final = orjson.loads(events[-2])
+    assert final["finish_reason"] == "stop"
+    assert final["usage"]["total_tokens"] > 0
+    text = "".join(orjson.loads(event).get("delta", "") for event in events[:-2])
+    assert text == plain.json()["message"]["content"]
+
+
+@pytest.fixture
+def sdk(stack: Stack) -> AsyncOpenAI:
+    # The client's key is not the service's: the LLM service talks to OpenAI with its own.
+    return AsyncOpenAI(
+        base_url=f"{stack.gateway.url}/api/v1/openai/v1", api_key="client-side", max_retries=0
+    )
+
+
+async def test_official_sdk_plain(sdk: AsyncOpenAI) -> None:
+    completion = await sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert completion.object == "chat.completion"
+    assert completion.choices[0].message.content
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None
+    assert completion.usage.total_tokens > 0
+
+
+async def test_official_sdk_streaming(sdk: AsyncOpenAI) -> None:
+    stream = await sdk.chat.completions.create(
+        model="gpt-4o",
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces: list[str] = []
+    usage_seen = False
+    async for chunk in stream:
+        assert chunk.object == "chat.completion.chunk"
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+        usage_seen = usage_seen or chunk.usage is not None
+    assert len(pieces) > 1
+    assert usage_seen
+
+
+async def test_official_sdk_models_list(sdk: AsyncOpenAI) -> None:
+    models = [model.id async for model in sdk.models.list()]
+    assert set(models) == {"gpt-4o-mini", "gpt-4o"}
+
+
+async def test_official_sdk_sees_a_model_outside_the_allowlist_as_422(sdk: AsyncOpenAI) -> None:
+    with pytest.raises(UnprocessableEntityError):
+        await sdk.chat.completions.create(model="gpt-5-secret", messages=MESSAGES)
+
+
+async def test_sdk_stream_chunks_arrive_as_the_upstream_sends_them(
+    start_service: StartService, stack: Stack
+) -> None:
+    delay = 0.25
+    with OpenAIStandin(api_key=STANDIN_API_KEY, reply="a b c d e", chunk_delay=delay) as slow:
+        llm = start_service("llm", llm_env(slow))
+        gateway = start_service("gateway", gateway_env(stack.audits.url, llm.url))
+        client = AsyncOpenAI(base_url=f"{gateway.url}/api/v1/openai/v1", api_key="x")
+        started = time.monotonic()
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            stream=True,
+        )
+        arrivals = [time.monotonic() - started async for chunk in stream if chunk.choices]
+    assert len(arrivals) >= 5
+    assert arrivals[-1] - arrivals[0] >= 3 * delay, arrivals
+
+
+async def test_the_key_never_leaves_the_llm_service(stack: Stack, sdk: AsyncOpenAI) -> None:
+    async with httpx.AsyncClient(base_url=stack.gateway.url, timeout=30) as client:
+        responses = [
+            await client.post("/api/v1/openai/chat", json={"messages": MESSAGES}),
+            await client.post(
+                "/api/v1/openai/chat", json={"messages": MESSAGES, "model": "not-allowed"}
+            ),
+            await client.get("/api/v1/openai/v1/models"),
+            await client.get("/health/ready"),
+            await client.get("/openapi.json"),
+        ]
+    for response in responses:
+        assert STANDIN_API_KEY not in response.text
+        assert STANDIN_API_KEY not in str(response.headers)
+    for name in ("gateway", "llm", "audits"):
+        assert STANDIN_API_KEY not in stack.log_text(name)
+
+
+async def test_an_unconfigured_llm_degrades_the_gateway(
+    start_service: StartService, stack: Stack
+) -> None:
+    llm = start_service("llm", {"OPENAI_API_KEY": ""})
+    gateway = start_service("gateway", gateway_env(stack.audits.url, llm.url))
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+        ready = await client.get("/health/ready")
+        chat = await client.post("/api/v1/openai/chat", json={"messages": MESSAGES})
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "degraded"
+    assert ready.json()["services"]["llm"]["status"] != "ok"
+    assert chat.status_code == 503
+    assert chat.headers["content-type"] == "application/problem+json"
+    assert chat.json()["code"] == "llm_not_configured"
