@@ -10,80 +10,25 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-import httpx
 import pytest
 
 from devstack.openai_standin import OpenAIStandin
 from devstack.postgres import EmbeddedPostgres, free_port
 from devstack.processes import ServiceProcess
 from devstack.run import migrate
-
-STANDIN_API_KEY = "sk-standin-e2e"
-# Short, so that the slow-body tests are quick; fuzzing sends every body at once.
-STACK_CLIENT_BODY_TIMEOUT_S = 2.0
-
-
-@dataclass
-class Stack:
-    database_url: str
-    audits: ServiceProcess
-    llm: ServiceProcess
-    gateway: ServiceProcess
-    logs: Path
-
-    def log_text(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")
-
-
-StartService = Callable[..., ServiceProcess]
-
-
-def llm_env(standin: OpenAIStandin) -> dict[str, str]:
-    return {
-        "OPENAI_API_KEY": STANDIN_API_KEY,
-        "OPENAI_BASE_URL": standin.base_url,
-        "OPENAI_MODEL": "gpt-4o-mini",
-        "OPENAI_ALLOWED_MODELS": "gpt-4o-mini,gpt-4o",
-        "OPENAI_RETRY_MAX_TIME": "5",
-    }
-
-
-def gateway_env(audits_url: str, llm_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "AUDITS_SERVICE_URL": audits_url,
-        "LLM_SERVICE_URL": llm_url,
-        "RATE_LIMIT_LLM_PER_MINUTE": "0",
-        **extra,
-    }
-
-
-def _start(
-    name: str, env: Mapping[str, str], log_path: Path, port: int | None = None
-) -> ServiceProcess:
-    log = log_path.open("ab")
-    # Tests must not depend on the runner's log level.
-    service = ServiceProcess(name, {"LOG_LEVEL": "INFO", **env}, port=port, log=log)
-    try:
-        service.start()
-    finally:
-        log.close()
-    return service
-
-
-def wait_ready(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready after {timeout} s")
+from tests.e2e_stack import (
+    STACK_CLIENT_BODY_TIMEOUT_S,
+    STANDIN_API_KEY,
+    Stack,
+    StartService,
+    gateway_env,
+    llm_env,
+    start_logged,
+    wait_ready,
+)
 
 
 @pytest.fixture(scope="session")
@@ -104,14 +49,14 @@ def stack(
     migrate(database_url)
     started: list[ServiceProcess] = []
     try:
-        audits = _start("audits", {"DATABASE_URL": database_url}, logs / "audits.log")
+        audits = start_logged("audits", {"DATABASE_URL": database_url}, logs / "audits.log")
         started.append(audits)
-        llm = _start("llm", llm_env(standin), logs / "llm.log")
+        llm = start_logged("llm", llm_env(standin), logs / "llm.log")
         started.append(llm)
         gateway_settings = gateway_env(
             audits.url, llm.url, CLIENT_BODY_TIMEOUT=str(STACK_CLIENT_BODY_TIMEOUT_S)
         )
-        gateway = _start("gateway", gateway_settings, logs / "gateway.log")
+        gateway = start_logged("gateway", gateway_settings, logs / "gateway.log")
         started.append(gateway)
         wait_ready(gateway.url)
         yield Stack(database_url, audits, llm, gateway, logs)
@@ -126,7 +71,7 @@ def start_service(tmp_path: Path) -> Iterator[StartService]:
     started: list[ServiceProcess] = []
 
     def start(name: str, env: Mapping[str, str], port: int | None = None) -> ServiceProcess:
-        service = _start(name, env, tmp_path / f"{name}-{len(started)}.log", port)
+        service = start_logged(name, env, tmp_path / f"{name}-{len(started)}.log", port)
         started.append(service)
         return service
 

@@ -19,7 +19,7 @@ import schemathesis.engine
 from schemathesis import Case, HookContext
 from schemathesis.engine import Status, events
 
-from tests.conftest import Stack
+from tests.e2e_stack import Stack
 
 NIGHTLY = os.environ.get("FUZZ_NIGHTLY") == "1"
 CI_SEED = 20261126

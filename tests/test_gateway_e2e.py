@@ -18,7 +18,7 @@ from starlette.types import Message, Receive, Scope, Send
 from devstack.openai_standin import OpenAIStandin
 from devstack.postgres import free_port
 from devstack.processes import ServiceProcess
-from tests.conftest import STANDIN_API_KEY, Stack, StartService, gateway_env, llm_env, wait_ready
+from tests.e2e_stack import STANDIN_API_KEY, Stack, StartService, gateway_env, llm_env, wait_ready
 
 TWO_MIB = 2 * 1024 * 1024
 

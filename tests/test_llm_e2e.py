@@ -9,7 +9,7 @@ from openai import AsyncOpenAI, UnprocessableEntityError
 from openai.types.chat import ChatCompletionMessageParam
 
 from devstack.openai_standin import OpenAIStandin
-from tests.conftest import STANDIN_API_KEY, Stack, StartService, gateway_env, llm_env
+from tests.e2e_stack import STANDIN_API_KEY, Stack, StartService, gateway_env, llm_env
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
 

@@ -19,7 +19,7 @@ import httpx
 
 from devstack.postgres import EmbeddedPostgres, free_port
 from devstack.run import migrate
-from tests.conftest import StartService
+from tests.e2e_stack import StartService
 
 POOL_TIMEOUT_S = 2.0
 # Connection set-up, a retried statement and the gateway hop on a loaded 2-core machine.

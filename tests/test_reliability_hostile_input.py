@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import STACK_CLIENT_BODY_TIMEOUT_S, Stack
+from tests.e2e_stack import STACK_CLIENT_BODY_TIMEOUT_S, Stack
 
 PROBLEM = "application/problem+json"
 AUDIT = {"action": "create", "actor": "hostile", "resource_type": "edge"}

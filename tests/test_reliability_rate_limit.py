@@ -7,7 +7,7 @@ import random
 
 import httpx
 
-from tests.conftest import Stack, StartService, gateway_env
+from tests.e2e_stack import Stack, StartService, gateway_env
 
 LIMIT = 5
 MODELS = "/api/v1/openai/v1/models"

@@ -19,7 +19,7 @@ import pytest
 from devstack.openai_standin import OpenAIStandin
 from devstack.postgres import free_port
 from devstack.processes import ServiceProcess
-from tests.conftest import STANDIN_API_KEY, StartService, gateway_env, llm_env
+from tests.e2e_stack import STANDIN_API_KEY, StartService, gateway_env, llm_env
 
 DRAIN_S = 1.5
 # 40 words at 0.1 s each: the stream outlives the drain by far, not the 10 s grace period.

@@ -16,7 +16,7 @@ import pytest
 
 from devstack.openai_standin import Fault, OpenAIStandin
 from devstack.postgres import free_port
-from tests.conftest import STANDIN_API_KEY, StartService, gateway_env, llm_env
+from tests.e2e_stack import STANDIN_API_KEY, StartService, gateway_env, llm_env
 
 # A refused connection is answered at once; this bounds "quickly" on a loaded machine.
 QUICK_502_S = 2.0
