@@ -3,7 +3,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel
 
 from servicekit import (
@@ -20,12 +20,26 @@ class Thing(BaseModel):
     name: str
 
 
+things_router = APIRouter()
+
+
+@things_router.get("/things")
+async def list_things() -> list[Thing]:
+    return [Thing(name="a")]
+
+
+@things_router.post("/things")
+async def add_thing(thing: Thing) -> Thing:
+    return thing
+
+
 class Gone(ServiceError):
     status, code, title = 410, "gone", "Gone for good"
 
 
 def make_app(ready: bool = True) -> FastAPI:
     app = FastAPI()
+    app.include_router(things_router, prefix="/api")
     install_servicekit(app, service="kit", settings=ServiceSettings())
 
     async def probe(_: Request) -> ReadinessCheck:
@@ -95,6 +109,23 @@ async def test_wrong_method_is_a_405_problem(client: httpx.AsyncClient) -> None:
     response = await client.delete("/things")
     assert_problem(response, 405, "method_not_allowed")
     assert response.headers["allow"] == "POST"
+
+
+async def test_a_405_allows_every_method_of_the_path_through_included_routers(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.patch("/api/things")
+    assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "GET, HEAD, POST"
+
+
+async def test_head_is_get_without_a_body(client: httpx.AsyncClient) -> None:
+    get = await client.get("/api/things")
+    head = await client.head("/api/things", headers={"X-Request-ID": "head-1"})
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-length"] == get.headers["content-length"]
+    assert head.headers["x-request-id"] == "head-1"
 
 
 async def test_validation_error_lists_each_issue(client: httpx.AsyncClient) -> None:

@@ -5,7 +5,7 @@ from fastapi import FastAPI
 from servicekit.context import REQUEST_ID_HEADER, accept_request_id, current_request_id
 from servicekit.health import ReadinessCheck, ReadyProbe, health_router
 from servicekit.logs import configure_logging
-from servicekit.middleware import RequestContextMiddleware
+from servicekit.middleware import HeadAsGetMiddleware, RequestContextMiddleware
 from servicekit.problems import (
     PROBLEM_MEDIA_TYPE,
     Problem,
@@ -24,12 +24,14 @@ def install_servicekit(app: FastAPI, service: str, settings: ServiceSettings) ->
     configure_logging(service, settings.log_level)
     install_problem_handlers(app)
     document_unsupported_media_type(app)
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(RequestContextMiddleware)
 
 
 __all__ = [
     "PROBLEM_MEDIA_TYPE",
     "REQUEST_ID_HEADER",
+    "HeadAsGetMiddleware",
     "Problem",
     "ReadinessCheck",
     "ReadyProbe",

@@ -70,3 +70,27 @@ class RequestContextMiddleware:
                     round((time.perf_counter() - started) * 1000, 2),
                 )
             request_id_var.reset(token)
+
+
+class HeadAsGetMiddleware:
+    """HEAD wherever GET is served (RFC 9110 §9.3.2): the GET response without its body.
+
+    FastAPI routes declare GET only; Starlette would add HEAD, FastAPI does not.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_without_body)

@@ -11,7 +11,7 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.routing import Match, Route
+from starlette.routing import Match
 
 from servicekit.context import current_request_id
 
@@ -193,15 +193,23 @@ async def _http_error_handler(request: Request, exc: Exception) -> Response:
     return problem_response(exc.status_code, code, None, detail, request.url.path, headers=headers)
 
 
+_METHODS = ("DELETE", "GET", "OPTIONS", "PATCH", "POST", "PUT")
+
+
 def _allowed_methods(request: Request) -> str:
-    """Every method some route serves at this path (Starlette names only the first route's)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.methods:
-            match, _ = route.matches(request.scope)
-            if match != Match.NONE:
-                methods |= route.methods
-    return ", ".join(sorted(methods))
+    """Every method some route serves at this path.
+
+    Starlette names only the first matching route's methods, and FastAPI's included
+    routers expose no method list, so each method is asked of the router as a request would.
+    """
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    if "GET" in allowed:
+        allowed.append("HEAD")  # served as GET without a body by HeadAsGetMiddleware
+    return ", ".join(sorted(allowed))
 
 
 async def _unhandled_error_handler(request: Request, exc: Exception) -> Response:
