@@ -281,3 +281,19 @@ async def test_unreachable_database_is_503_everywhere() -> None:
         assert ready.status_code == 503
         assert "secret-pw" not in ready.text
         assert (await client.get("/health")).status_code == 200
+
+
+async def test_a_bad_idempotency_key_is_one_validation_issue(client: httpx.AsyncClient) -> None:
+    response = await client.post(AUDITS, json=record(), headers={"Idempotency-Key": "k" * 300})
+    assert response.status_code == 422
+    assert len(response.json()["errors"]) == 1
+
+
+async def test_delete_answers_204_with_no_body_and_no_content_type(
+    client: httpx.AsyncClient,
+) -> None:
+    created = (await client.post(AUDITS, json=record())).json()
+    response = await client.delete(f"{AUDITS}/{created['id']}")
+    assert response.status_code == 204
+    assert response.content == b""
+    assert "content-type" not in response.headers

@@ -141,10 +141,18 @@ def _printable_loc(loc: Iterable[Any]) -> list[str | int]:
 
 
 def validation_issues(exc: RequestValidationError) -> list[dict[str, Any]]:
-    return [
-        {"loc": _printable_loc(error["loc"]), "message": error["msg"], "type": error["type"]}
-        for error in exc.errors()
-    ]
+    """One issue per offending input: a parameter that two dependencies share (FastAPI
+    validates it for each) is reported once."""
+    issues: list[dict[str, Any]] = []
+    for error in exc.errors():
+        issue = {
+            "loc": _printable_loc(error["loc"]),
+            "message": error["msg"],
+            "type": error["type"],
+        }
+        if issue not in issues:
+            issues.append(issue)
+    return issues
 
 
 async def _service_error_handler(request: Request, exc: Exception) -> Response:

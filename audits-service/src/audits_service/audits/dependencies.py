@@ -41,8 +41,16 @@ IdempotencyKeyHeader = Annotated[
 ]
 
 
+def get_idempotency_key(idempotency_key: IdempotencyKeyHeader = None) -> str | None:
+    return idempotency_key
+
+
+# One declaration of the header, shared (and validated once) by the route and the session.
+IdempotencyKeyDep = Annotated[str | None, Depends(get_idempotency_key)]
+
+
 async def get_create_session(
-    request: Request, idempotency_key: IdempotencyKeyHeader = None
+    request: Request, idempotency_key: IdempotencyKeyDep
 ) -> AsyncIterator[AsyncSession]:
     """An idempotent create writes two rows atomically; a plain one is a single statement."""
     async with open_session(request, transaction=idempotency_key is not None) as session:

@@ -7,7 +7,7 @@ from audits_service.audits import service
 from audits_service.audits.constants import IDEMPOTENT_REPLAYED_HEADER
 from audits_service.audits.dependencies import (
     CreateSessionDep,
-    IdempotencyKeyHeader,
+    IdempotencyKeyDep,
     IdempotencyTtlDep,
 )
 from audits_service.audits.schemas import (
@@ -53,7 +53,7 @@ async def create_audit(
     request: Request,
     response: Response,
     ttl: IdempotencyTtlDep,
-    idempotency_key: IdempotencyKeyHeader = None,
+    idempotency_key: IdempotencyKeyDep,
 ) -> AuditRecordResponse:
     request_id = current_request_id() or ""
     if idempotency_key is None:
@@ -109,6 +109,7 @@ async def update_audit(
 @router.delete(
     "/{audit_id}",
     status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
     summary="Delete an audit record",
     responses=problem_responses(404, 422, 503),
 )
