@@ -6,12 +6,12 @@ from gateway.config import Settings
 from gateway.upstreams import Upstream
 
 
-def get_upstreams(request: Request) -> dict[str, Upstream]:
+async def get_upstreams(request: Request) -> dict[str, Upstream]:
     upstreams: dict[str, Upstream] = request.state.upstreams
     return upstreams
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.state.settings
     return settings
 
