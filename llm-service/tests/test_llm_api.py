@@ -3,6 +3,7 @@
 import json
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from llm_testkit import API_KEY, ClientFactory, assert_problem, chat_body
@@ -11,6 +12,9 @@ from devstack.openai_standin import Fault, OpenAIStandin
 
 CHAT = "/api/v1/openai/chat"
 WIRE = "/api/v1/openai/v1/chat/completions"
+MODELS = "/api/v1/openai/v1/models"
+_JSON = {"content-type": "application/json"}
+_PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance", "code", "request_id"}
 
 
 @pytest.mark.parametrize(
@@ -142,6 +146,127 @@ async def test_wire_errors_are_problems(llm: ClientFactory, upstream: OpenAIStan
     assert_problem(response, 502, "upstream_auth_failed")
     assert_problem(missing, 404, "not_found")
     assert present.json()["id"] == "gpt-4o-mini"
+
+
+async def _wire_failure(
+    llm: ClientFactory, upstream: OpenAIStandin, case: str
+) -> tuple[httpx.Response, int, str]:
+    """One error of an OpenAI-compatible route: (response, status, code)."""
+    body = chat_body(model="gpt-4o-mini")
+    faults = {
+        "upstream_400": (Fault.error(400, message="Invalid value for 'seed'."), 400),
+        "upstream_401": (Fault.error(401), 502),
+        "upstream_429": (Fault.error(429, retry_after=0), 429),
+        "upstream_500": (Fault.error(500), 502),
+        "upstream_hang": (Fault.hang(5), 504),
+    }
+    async with llm(openai_max_retries=0, openai_timeout=0.3) as client:
+        if case in faults:
+            fault, status = faults[case]
+            upstream.script(fault)
+            response = await client.post(WIRE, json=body)
+            return response, status, response.json()["code"]
+        if case == "model_not_allowed":
+            return await client.post(WIRE, json=chat_body(model="gpt-5")), 422, "validation_error"
+        if case == "invalid_body":
+            response = await client.post(WIRE, json={"model": "gpt-4o-mini", "messages": []})
+            return response, 422, "validation_error"
+        if case == "not_json":
+            response = await client.post(WIRE, content=b"{", headers=_JSON)
+            return response, 422, "validation_error"
+        if case == "not_declared_json":
+            response = await client.post(
+                WIRE, content=b"{}", headers={"content-type": "text/plain"}
+            )
+            return response, 415, "unsupported_media_type"
+        return await client.get(f"{MODELS}/gpt-3"), 404, "not_found"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "model_not_allowed",
+        "invalid_body",
+        "not_json",
+        "not_declared_json",
+        "unknown_model",
+        "upstream_400",
+        "upstream_401",
+        "upstream_429",
+        "upstream_500",
+        "upstream_hang",
+    ],
+)
+async def test_wire_errors_are_problems_with_an_openai_error_object(
+    llm: ClientFactory, upstream: OpenAIStandin, case: str
+) -> None:
+    response, status, code = await _wire_failure(llm, upstream, case)
+    problem = assert_problem(response, status, code)
+    assert set(problem) - {"errors"} == _PROBLEM_FIELDS | {"error"}
+    assert problem["error"]["message"] == problem["detail"]
+    assert problem["error"]["type"] == problem["error"]["code"] == code
+    expected_param = ".".join(map(str, problem["errors"][0]["loc"][1:])) if status == 422 else None
+    assert problem["error"]["param"] == (expected_param or None)
+    assert int(response.headers["content-length"]) == len(response.content)
+    if status == 429:
+        assert response.headers["retry-after"] == "1"
+
+
+async def test_wire_validation_error_names_the_param(
+    llm: ClientFactory, upstream: OpenAIStandin
+) -> None:
+    async with llm() as client:
+        response = await client.post(WIRE, json=chat_body(model="gpt-4o-mini", max_tokens=5000))
+    error = assert_problem(response, 422, "validation_error")["error"]
+    assert error["param"] == "max_tokens"
+    assert "OPENAI_MAX_TOKENS" in error["message"]
+
+
+async def test_wire_503_carries_an_openai_error_object_but_chat_errors_do_not(
+    llm: ClientFactory, upstream: OpenAIStandin
+) -> None:
+    async with llm(openai_api_key=None) as client:
+        wire = [
+            await client.post(WIRE, json=chat_body(model="gpt-4o-mini")),
+            await client.post(WIRE, json=chat_body(model="gpt-4o-mini", stream=True)),
+            await client.get(MODELS),
+            await client.get(f"{MODELS}/gpt-4o-mini"),
+        ]
+        chat = await client.post(CHAT, json=chat_body())
+    for response in wire:
+        problem = assert_problem(response, 503, "llm_not_configured")
+        assert problem["error"] == {
+            "message": "OPENAI_API_KEY is not set on the LLM service.",
+            "type": "llm_not_configured",
+            "param": None,
+            "code": "llm_not_configured",
+        }
+    assert set(assert_problem(chat, 503, "llm_not_configured")) == _PROBLEM_FIELDS
+
+
+async def test_every_documented_error_is_a_problem(llm: ClientFactory) -> None:
+    async with llm() as client:
+        document = (await client.get("/openapi.json")).json()
+    schemas = document["components"]["schemas"]
+    assert not {"HTTPValidationError", "ValidationError"} & set(schemas)
+    problem = schemas["Problem"]
+    documented = 0
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            for status, response in operation["responses"].items():
+                if status[0] not in "45" or (path, status) == ("/health/ready", "503"):
+                    continue  # readiness answers 503 with its own report (SPEC §3's health)
+                documented += 1
+                where = f"{method.upper()} {path} {status}"
+                ref = response["content"]["application/problem+json"]["schema"]["$ref"]
+                schema = schemas[ref.removeprefix("#/components/schemas/")]
+                assert set(problem["properties"]) <= set(schema["properties"]), where
+                assert set(problem["required"]) <= set(schema.get("required", [])), where
+                for content in response["content"].values():
+                    assert content["schema"]["$ref"] == ref, where
+                if path.startswith("/api/v1/openai/v1/"):
+                    assert "error" in schema["required"], where
+    assert documented >= 15
 
 
 async def test_unconfigured_service_is_not_ready_and_answers_503(

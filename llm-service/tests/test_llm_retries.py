@@ -226,6 +226,8 @@ async def test_stream_is_one_event_per_delta_then_usage_then_done(
     assert len(deltas) == len(upstream.pieces)
     assert end["finish_reason"] == "stop"
     assert end["usage"]["completion_tokens"] == len(upstream.pieces)
+    # Exactly the documented `Usage`, as the JSON answer has: OpenAI's *_details stay out.
+    assert set(end["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
     assert end["id"] == deltas[0]["id"]
     sent = upstream.calls[0].json()
     assert sent["stream"] is True
@@ -321,6 +323,7 @@ async def test_wire_stream_is_the_upstream_bytes(
         event.pop("id")
         event.pop("created")
     assert ours_events == theirs_events
+    assert "prompt_tokens_details" in ours_events[-1]["usage"]
     assert ours.text.endswith("data: [DONE]\n\n")
 
 

@@ -93,6 +93,77 @@ def test_sdk_sees_problems_as_api_status_errors(
     assert upstream.call_count == 3
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_sdk_validation_error_carries_the_detail_and_code(
+    sdk: openai.OpenAI, upstream: OpenAIStandin, stream: bool
+) -> None:
+    with pytest.raises(openai.UnprocessableEntityError) as invalid:
+        sdk.chat.completions.create(model="gpt-5-ultra", messages=MESSAGES, stream=stream)
+    assert invalid.value.message.startswith(
+        "Error code: 422 - body.model: Model 'gpt-5-ultra' is not allowed"
+    )
+    assert invalid.value.code == invalid.value.type == "validation_error"
+    assert invalid.value.param == "model"
+    problem = invalid.value.response.json()
+    assert problem["detail"] == invalid.value.message.removeprefix("Error code: 422 - ")
+    assert invalid.value.response.headers["content-type"] == "application/problem+json"
+    assert upstream.call_count == 0
+
+
+def test_sdk_not_found_carries_the_detail_and_code(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as missing:
+        sdk.models.retrieve("gpt-3")
+    assert missing.value.message == "Error code: 404 - No model 'gpt-3' is offered here."
+    assert missing.value.code == missing.value.type == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("faults", "error_type", "code", "message"),
+    [
+        (
+            [Fault.error(400, message="Invalid value for 'seed'.")],
+            openai.BadRequestError,
+            "upstream_bad_request",
+            "Error code: 400 - Upstream: Invalid value for 'seed'.",
+        ),
+        (
+            [Fault.error(429, retry_after=0)] * 3,
+            openai.RateLimitError,
+            "upstream_rate_limited",
+            "Error code: 429 - The upstream API is rate limiting us; retry in 1 s.",
+        ),
+        (
+            [Fault.error(401)],
+            openai.InternalServerError,
+            "upstream_auth_failed",
+            "Error code: 502 - The upstream API rejected the service's API key (HTTP 401).",
+        ),
+        (
+            [Fault.error(500)] * 3,
+            openai.InternalServerError,
+            "upstream_error",
+            "Error code: 502 - The upstream API failed with HTTP 500.",
+        ),
+    ],
+    ids=["400", "429", "401", "500"],
+)
+def test_sdk_upstream_failures_carry_the_detail_and_code(
+    sdk: openai.OpenAI,
+    upstream: OpenAIStandin,
+    faults: list[Fault],
+    error_type: type[openai.APIStatusError],
+    code: str,
+    message: str,
+) -> None:
+    upstream.script(*faults)
+    with pytest.raises(error_type) as failure:
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert failure.value.message == message
+    assert failure.value.code == failure.value.type == code
+    assert failure.value.response.json()["code"] == code
+    assert upstream.call_count == len(faults)
+
+
 def test_sdk_stream_failing_mid_way_raises(sdk: openai.OpenAI, upstream: OpenAIStandin) -> None:
     upstream.script(Fault.drop_after(3))
     stream = sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
@@ -156,8 +227,20 @@ def test_unconfigured_process_starts_and_reports_not_ready(tmp_path: Path) -> No
         try:
             ready = httpx.get(f"{process.url}/health/ready")
             chat = httpx.post(f"{process.url}/api/v1/openai/chat", json={"messages": MESSAGES})
+            with (
+                openai.OpenAI(
+                    base_url=f"{process.url}/api/v1/openai/v1", api_key="x", max_retries=0
+                ) as client,
+                pytest.raises(openai.InternalServerError) as unconfigured,
+            ):
+                client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
         finally:
             process.stop()
+    assert unconfigured.value.status_code == 503
+    assert unconfigured.value.message == (
+        "Error code: 503 - OPENAI_API_KEY is not set on the LLM service."
+    )
+    assert unconfigured.value.code == "llm_not_configured"
     assert ready.status_code == 503
     assert ready.json()["code"] == "llm_not_configured"
     assert chat.status_code == 503

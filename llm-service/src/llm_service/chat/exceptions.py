@@ -1,3 +1,4 @@
+from collections.abc import Mapping
 from typing import Any
 
 import httpx2
@@ -55,3 +56,16 @@ class UpstreamStatusError(Exception):
             body = None
         error = body.get("error", body) if isinstance(body, dict) else None
         return cls(response.status_code, response.headers, error if isinstance(error, dict) else {})
+
+
+def openai_error(problem: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenAI's `error` object for a problem document, which the official SDK reads its
+    `message`, `type`, `param` and `code` from."""
+    errors = problem.get("errors") or ()
+    loc = [str(part) for part in errors[0]["loc"][1:]] if errors else []
+    return {
+        "message": problem.get("detail") or problem["title"],
+        "type": problem["code"],
+        "param": ".".join(loc) or None,
+        "code": problem["code"],
+    }

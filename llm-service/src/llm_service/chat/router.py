@@ -1,9 +1,14 @@
+from collections.abc import Callable, Coroutine
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
+from fastapi.routing import APIRoute
 
 from llm_service.chat.dependencies import ChatServiceDep
+from llm_service.chat.exceptions import openai_error
 from llm_service.chat.schemas import (
     ChatRequest,
     ChatResponse,
@@ -13,12 +18,46 @@ from llm_service.chat.schemas import (
     WireChatRequest,
     WireModel,
     WireModelList,
+    WireProblem,
 )
-from servicekit import problem_responses
+from servicekit import PROBLEM_MEDIA_TYPE, ServiceError, problem_responses
+
+
+class _OpenAIErrorRoute(APIRoute):
+    """A route whose errors are the app's problem documents plus OpenAI's `error` object:
+    the official SDK takes its exception's message, type and code from that object."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            try:
+                return await handle(request)
+            except (ServiceError, RequestValidationError) as exc:
+                handlers = request.app.exception_handlers
+                render = next(handlers[cls] for cls in type(exc).__mro__ if cls in handlers)
+                response: Response = await render(request, exc)
+            problem = orjson.loads(response.body)
+            problem["error"] = openai_error(problem)
+            response.body = orjson.dumps(problem)
+            response.headers["content-length"] = str(len(response.body))
+            return response
+
+        return handler
+
+
+def _wire_problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    schema = {"$ref": "#/components/schemas/WireProblem"}
+    return {
+        status: {**entry, "model": WireProblem, "content": {PROBLEM_MEDIA_TYPE: {"schema": schema}}}
+        for status, entry in problem_responses(*statuses).items()
+    }
+
 
 router = APIRouter(prefix="/openai", tags=["llm"])
+wire_router = APIRouter(prefix="/v1", route_class=_OpenAIErrorRoute)
 
-_UPSTREAM_ERRORS = problem_responses(400, 422, 429, 502, 503, 504)
+_UPSTREAM_STATUSES = (400, 422, 429, 502, 503, 504)
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -73,7 +112,7 @@ _WIRE_STREAM = _sse_doc(
         "`OPENAI_RETRY_MAX_TIME`; a stream only until its first byte was sent."
     ),
     response_model=ChatResponse,
-    responses={200: {"content": _CHAT_STREAM}, **_UPSTREAM_ERRORS},
+    responses={200: {"content": _CHAT_STREAM}, **problem_responses(*_UPSTREAM_STATUSES)},
 )
 async def chat(
     body: ChatRequest, service: ChatServiceDep, request: Request
@@ -84,8 +123,8 @@ async def chat(
     return await service.chat(body)
 
 
-@router.post(
-    "/v1/chat/completions",
+@wire_router.post(
+    "/chat/completions",
     summary="OpenAI-compatible chat completions (plain and streaming)",
     description=(
         "OpenAI's request and response formats: point the official `openai` SDK at "
@@ -94,10 +133,14 @@ async def chat(
         "stream_options, ...) is forwarded unchanged; the service's key is used, whatever "
         "key the client sends. Guards as on `/chat` (`max_tokens` and "
         "`max_completion_tokens` above `OPENAI_MAX_TOKENS` → 422). Errors are problem "
-        "documents, which the SDK raises as `APIStatusError`."
+        "documents with OpenAI's `error` object added, which the SDK raises as "
+        "`APIStatusError` with the problem's `detail` as its message and `code` as its code."
     ),
     response_model=None,
-    responses={200: {"model": WireChatCompletion, "content": _WIRE_STREAM}, **_UPSTREAM_ERRORS},
+    responses={
+        200: {"model": WireChatCompletion, "content": _WIRE_STREAM},
+        **_wire_problems(*_UPSTREAM_STATUSES, 415),
+    },
 )
 async def chat_completions(
     body: WireChatRequest, service: ChatServiceDep, request: Request
@@ -109,19 +152,23 @@ async def chat_completions(
     return Response(await service.wire_completion(body, raw), media_type="application/json")
 
 
-@router.get(
-    "/v1/models",
+@wire_router.get(
+    "/models",
     summary="OpenAI-compatible list of the allowlisted models",
-    responses=problem_responses(503),
+    responses=_wire_problems(503),
 )
 async def list_models(service: ChatServiceDep) -> WireModelList:
     return service.models()
 
 
-@router.get(
-    "/v1/models/{model_id:path}",
+@wire_router.get(
+    "/models/{model_id:path}",
     summary="OpenAI-compatible description of one allowlisted model",
-    responses=problem_responses(404, 503),
+    # 422 listed so that FastAPI's default one (HTTPValidationError) is not: no id fails it.
+    responses=_wire_problems(404, 422, 503),
 )
 async def retrieve_model(model_id: str, service: ChatServiceDep) -> WireModel:
     return service.model(model_id)
+
+
+router.include_router(wire_router)

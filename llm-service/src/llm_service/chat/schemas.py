@@ -3,6 +3,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from llm_service.chat.constants import MAX_MESSAGE_CHARS, MAX_MESSAGES, MAX_TOTAL_CHARS
+from servicekit import Problem
 
 
 def _integral(value: object) -> object:
@@ -238,3 +239,50 @@ class WireModelList(BaseModel):
 
     object: Literal["list"] = "list"
     data: list[WireModel]
+
+
+class OpenAIError(BaseModel):
+    message: str = Field(description="The problem's `detail` (its `title` when it has none).")
+    type: str = Field(description="The problem's `code`.")
+    param: str | None = Field(
+        description="The offending field of a validation error (`model`, `messages.0.content`)."
+    )
+    code: str = Field(description="The problem's `code`.")
+
+
+class WireProblem(Problem):
+    """A problem document with OpenAI's `error` object added, as the OpenAI-compatible
+    routes answer errors: the official SDK reads `error` (`APIError.message`, `.code`)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "/problems/validation_error",
+                    "title": "Validation Error",
+                    "status": 422,
+                    "detail": "body.model: Model 'gpt-5' is not allowed; allowed models: gpt-4o.",
+                    "instance": "/api/v1/openai/v1/chat/completions",
+                    "code": "validation_error",
+                    "request_id": "3f1c0b9e-8f7a-4a51-9a4e-0f6f1f2b9c11",
+                    "errors": [
+                        {
+                            "loc": ["body", "model"],
+                            "message": "Model 'gpt-5' is not allowed; allowed models: gpt-4o.",
+                            "type": "model_not_allowed",
+                        }
+                    ],
+                    "error": {
+                        "message": (
+                            "body.model: Model 'gpt-5' is not allowed; allowed models: gpt-4o."
+                        ),
+                        "type": "validation_error",
+                        "param": "model",
+                        "code": "validation_error",
+                    },
+                }
+            ]
+        }
+    )
+
+    error: OpenAIError = Field(description="OpenAI's error object, for OpenAI's clients.")

@@ -14,6 +14,7 @@ import orjson
 from fastapi.exceptions import RequestValidationError
 from loguru import logger
 from openai import APIError, AsyncOpenAI, AuthenticationError, PermissionDeniedError
+from pydantic import ValidationError
 
 from llm_service.chat.constants import KEY_CHECK_TIMEOUT
 from llm_service.chat.exceptions import (
@@ -25,12 +26,14 @@ from llm_service.chat.exceptions import (
     UpstreamRateLimited,
     UpstreamStatusError,
     UpstreamTimeout,
+    openai_error,
 )
 from llm_service.chat.retry import UPSTREAM_FAILURES, retry_after, retry_policy
 from llm_service.chat.schemas import (
     AssistantMessage,
     ChatRequest,
     ChatResponse,
+    ChatStreamEnd,
     Usage,
     WireChatRequest,
     WireModel,
@@ -316,8 +319,7 @@ class ChatService:
                     break
             if not done and finish is None:
                 raise MalformedUpstreamResponse("the stream ended before it finished")
-            end = {"id": ident, "model": model, "finish_reason": finish, "usage": usage}
-            yield b"data: %b\n\n%b" % (orjson.dumps(end), _DONE)
+            yield b"data: %b\n\n%b" % (_stream_end(ident, model, finish, usage), _DONE)
             call.log("ok", usage)
         except UPSTREAM_FAILURES as exc:
             yield _error_event(self._failed(call, exc), path)
@@ -423,6 +425,16 @@ def _parse_event(data: bytes) -> dict[str, Any]:
     return parsed
 
 
+def _stream_end(ident: str, model: str, finish: str | None, usage: Any) -> bytes:
+    """The final event of `/chat`: the documented `Usage` alone, not OpenAI's detail objects."""
+    fields = {"id": ident, "model": model, "finish_reason": finish, "usage": usage}
+    try:
+        end = ChatStreamEnd.model_validate(fields)
+    except ValidationError:
+        raise MalformedUpstreamResponse("the usage chunk is malformed") from None
+    return end.model_dump_json().encode()
+
+
 def _find_usage(tail: bytes) -> dict[str, Any] | None:
     at = tail.rfind(b'"usage":{')
     if at < 0:
@@ -440,10 +452,5 @@ def _error_event(error: ServiceError, path: str, *, wire: bool = False) -> bytes
     body = problem_body(error.status, error.code, error.title, error.detail, path)
     if wire:
         # The openai SDK raises an APIError for an event whose data has an `error` object.
-        body["error"] = {
-            "message": error.detail or error.title,
-            "type": error.code,
-            "code": error.code,
-            "param": None,
-        }
+        body["error"] = openai_error(body)
     return b"event: error\ndata: %b\n\n" % orjson.dumps(body)
