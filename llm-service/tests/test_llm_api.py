@@ -174,6 +174,9 @@ async def _wire_failure(
         if case == "not_json":
             response = await client.post(WIRE, content=b"{", headers=_JSON)
             return response, 422, "validation_error"
+        if case == "undecodable_body":
+            response = await client.post(WIRE, content=b"\x1a\x88\xff", headers=_JSON)
+            return response, 400, "bad_request"
         if case == "not_declared_json":
             response = await client.post(
                 WIRE, content=b"{}", headers={"content-type": "text/plain"}
@@ -188,6 +191,7 @@ async def _wire_failure(
         "model_not_allowed",
         "invalid_body",
         "not_json",
+        "undecodable_body",
         "not_declared_json",
         "unknown_model",
         "upstream_400",

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 from llm_service.chat.dependencies import ChatServiceDep
 from llm_service.chat.exceptions import openai_error
@@ -33,7 +34,7 @@ class _OpenAIErrorRoute(APIRoute):
         async def handler(request: Request) -> Response:
             try:
                 return await handle(request)
-            except (ServiceError, RequestValidationError) as exc:
+            except (ServiceError, RequestValidationError, HTTPException) as exc:
                 handlers = request.app.exception_handlers
                 render = next(handlers[cls] for cls in type(exc).__mro__ if cls in handlers)
                 response: Response = await render(request, exc)
