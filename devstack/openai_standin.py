@@ -144,6 +144,7 @@ class OpenAIStandin:
         self.chunk_delay = chunk_delay
         self.faults: deque[Fault] = deque()
         self.call_count = 0
+        self.connection_count = 0
         self._calls: deque[RecordedCall] = deque(maxlen=record_limit)
         self._ids = itertools.count(1)
         self._server: asyncio.Server | None = None
@@ -172,6 +173,7 @@ class OpenAIStandin:
         self.faults.clear()
         self._calls.clear()
         self.call_count = 0
+        self.connection_count = 0
 
     # -- running it ------------------------------------------------------------------------
 
@@ -228,6 +230,7 @@ class OpenAIStandin:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
+        self.connection_count += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")

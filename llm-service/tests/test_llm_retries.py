@@ -351,3 +351,17 @@ def test_retry_after_accepts_an_http_date() -> None:
     wait = retry_after(error)
     assert wait is not None
     assert 28 <= wait <= 30
+
+
+async def test_streams_reuse_their_upstream_connection(
+    llm: ClientFactory, upstream: OpenAIStandin
+) -> None:
+    async with llm() as client:
+        for _ in range(5):
+            response = await client.post("/api/v1/openai/chat", json=chat_body(stream=True))
+            assert sse_events(response.text)[-1] == ("message", "[DONE]")
+            plain = await client.post("/api/v1/openai/chat", json=chat_body())
+            assert plain.status_code == 200
+    assert upstream.call_count == 10
+    # Read to its end, each stream hands its connection back: one TCP connect, not one each.
+    assert upstream.connection_count == 1

@@ -1,6 +1,7 @@
 """Chat completions upstream: guards, the retried call, streams, error translation, logging."""
 
 import asyncio
+import contextlib
 import math
 import re
 import time
@@ -321,6 +322,11 @@ class ChatService:
                 raise MalformedUpstreamResponse("the stream ended before it finished")
             yield b"data: %b\n\n%b" % (_stream_end(ident, model, finish, usage), _DONE)
             call.log("ok", usage)
+            # Read the upstream body to its end so that its connection goes back to the pool;
+            # closed early it is dropped, and the next stream pays a new TLS handshake.
+            with contextlib.suppress(*UPSTREAM_FAILURES):
+                async for _ in opened.chunks:
+                    pass
         except UPSTREAM_FAILURES as exc:
             yield _error_event(self._failed(call, exc), path)
         except (asyncio.CancelledError, GeneratorExit):
