@@ -15,6 +15,7 @@ from servicekit.problems import (
     problem_response,
     problem_responses,
 )
+from servicekit.runtime import tune_gc_after_startup
 from servicekit.settings import ServiceSettings
 from servicekit.shutdown import install_graceful_shutdown
 
@@ -26,6 +27,7 @@ def install_servicekit(app: FastAPI, service: str, settings: ServiceSettings) ->
     document_unsupported_media_type(app)
     app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(RequestContextMiddleware)
+    tune_gc_after_startup(app)
 
 
 __all__ = [
@@ -47,4 +49,5 @@ __all__ = [
     "install_servicekit",
     "problem_response",
     "problem_responses",
+    "tune_gc_after_startup",
 ]

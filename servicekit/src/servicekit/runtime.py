@@ -1,0 +1,37 @@
+"""Garbage-collector settings for a long-running service process."""
+
+import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+# A request allocates hundreds of container objects: with the default threshold of 700
+# the collector ran several young collections per request and, every few hundred
+# requests, a full one walking every object the app holds (routes, schemas, clients).
+_THRESHOLDS = (50_000, 50, 100)
+
+
+def tune_gc_after_startup(app: FastAPI) -> None:
+    """Once the lifespan has started, freeze what start-up allocated (out of every future
+    collection's walk) and collect young objects less often; undone at shutdown.
+
+    Measured on the gateway proxying a trivial upstream, wrk -c32, 3 runs each: p99
+    33-45 ms with the defaults, 13-17 ms with this (direct to the upstream: 7-11 ms).
+    """
+    startup = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[Any]:
+        async with startup(app) as state:
+            thresholds = gc.get_threshold()
+            gc.freeze()
+            gc.set_threshold(*_THRESHOLDS)
+            try:
+                yield state
+            finally:
+                gc.set_threshold(*thresholds)
+                gc.unfreeze()
+
+    app.router.lifespan_context = lifespan
