@@ -1,7 +1,6 @@
 """Helpers shared by the audits tests (a module of its own: `conftest` is not importable)."""
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -9,7 +8,8 @@ from uuid import uuid4
 import httpx
 from alembic.config import Config
 from fastapi import FastAPI
-from starlette.types import Receive, Scope, Send
+
+from devstack.asgi import lifespan_client
 
 Record = dict[str, Any]
 Params = dict[str, str | int]
@@ -25,18 +25,8 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
-@asynccontextmanager
-async def app_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """An in-process client that runs the app's lifespan, as uvicorn would."""
-    async with app.router.lifespan_context(app) as state:
-
-        async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
-            scope["state"] = dict(state or {})
-            await app(scope, receive, send)
-
-        transport = httpx.ASGITransport(app=with_state)
-        async with httpx.AsyncClient(transport=transport, base_url="http://audits") as client:
-            yield client
+def app_client(app: FastAPI) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    return lifespan_client(app, "http://audits")
 
 
 def record(**overrides: object) -> dict[str, object]:

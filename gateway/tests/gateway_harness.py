@@ -6,7 +6,8 @@ from typing import Any
 from urllib.parse import unquote
 
 import httpx
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from asgi_lifespan import LifespanManager
+from starlette.types import ASGIApp, Message, Receive
 
 from gateway.config import Settings
 from gateway.main import create_app
@@ -96,11 +97,8 @@ async def running_gateway(
         **settings,
     )
     app = create_app(config, {name: rec.transport for name, rec in upstreams.items()})
-    async with app.router.lifespan_context(app) as state:
-
-        async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
-            scope["state"] = dict(state or {})
-            await app(scope, receive, send)
-
-        async with GatewayClient(with_state, upstreams["audits"], upstreams["llm"]) as client:
-            yield client
+    async with (
+        LifespanManager(app) as manager,
+        GatewayClient(manager.app, upstreams["audits"], upstreams["llm"]) as client,
+    ):
+        yield client

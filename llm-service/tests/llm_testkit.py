@@ -5,8 +5,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import httpx
-from starlette.types import Receive, Scope, Send
 
+from devstack.asgi import lifespan_client
 from devstack.openai_standin import OpenAIStandin
 from llm_service.config import Settings
 from llm_service.main import create_app
@@ -33,16 +33,10 @@ def client_factory(upstream: OpenAIStandin) -> ClientFactory:
 
     @asynccontextmanager
     async def client(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-        app = create_app(settings_for(upstream, **overrides))
-        async with app.router.lifespan_context(app) as state:
-
-            async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
-                scope["state"] = dict(state or {})
-                await app(scope, receive, send)
-
-            transport = httpx.ASGITransport(app=with_state)
-            async with httpx.AsyncClient(transport=transport, base_url="http://llm") as c:
-                yield c
+        async with lifespan_client(
+            create_app(settings_for(upstream, **overrides)), "http://llm"
+        ) as c:
+            yield c
 
     return client
 
