@@ -28,6 +28,21 @@ class Tally:
     active: int = 0
     peak_active: int = 0
 
+    def record(self, started: float) -> None:
+        self.requests += 1
+        if len(self.latencies) < _MAX_SAMPLES:
+            self.latencies.append(time.perf_counter() - started)
+
+    def summary(self, elapsed: float) -> dict[str, object]:
+        """The figures every client reports: count, rate, latency percentiles, errors."""
+        return {
+            "requests": self.requests,
+            "rps": self.requests / elapsed if elapsed else 0.0,
+            "p50_ms": to_ms(percentile(self.latencies, 50)),
+            "p99_ms": to_ms(percentile(self.latencies, 99)),
+            "errors": self.errors,
+        }
+
 
 def build_request(url: str, method: str, body: bytes, headers: list[str]) -> tuple[str, int, bytes]:
     parts = urlsplit(url)
@@ -109,9 +124,7 @@ async def connection(
                 continue
             finally:
                 tally.active -= 1
-            tally.requests += 1
-            if len(tally.latencies) < _MAX_SAMPLES:
-                tally.latencies.append(time.perf_counter() - started)
+            tally.record(started)
             if not reusable:
                 writer.close()
                 writer = None
@@ -130,7 +143,7 @@ def percentile(samples: list[float], pct: float) -> float | None:
     return ordered[index]
 
 
-def _ms(value: float | None) -> float | None:
+def to_ms(value: float | None) -> float | None:
     return None if value is None else round(value * 1000, 3)
 
 
@@ -150,15 +163,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     elapsed = time.perf_counter() - started
     return {
         "tool": "python",
-        "requests": tally.requests,
+        **tally.summary(elapsed),
         "duration_s": round(elapsed, 3),
-        "rps": tally.requests / elapsed if elapsed else 0.0,
-        "p50_ms": _ms(percentile(tally.latencies, 50)),
-        "p99_ms": _ms(percentile(tally.latencies, 99)),
-        "max_ms": _ms(max(tally.latencies, default=None)),
-        "first_byte_p50_ms": _ms(percentile(tally.first_bytes, 50)),
+        "max_ms": to_ms(max(tally.latencies, default=None)),
+        "first_byte_p50_ms": to_ms(percentile(tally.first_bytes, 50)),
         "non_2xx": tally.non_2xx,
-        "errors": tally.errors,
         "peak_active": tally.peak_active,
     }
 

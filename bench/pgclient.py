@@ -15,7 +15,7 @@ import uuid
 import asyncpg
 import uvloop
 
-from bench.loadclient import Tally, percentile
+from bench.loadclient import Tally
 
 
 async def worker(pool: asyncpg.Pool, sql: str, deadline: float, tally: Tally) -> None:
@@ -27,12 +27,7 @@ async def worker(pool: asyncpg.Pool, sql: str, deadline: float, tally: Tally) ->
         except (asyncpg.PostgresError, OSError):
             tally.errors += 1
             continue
-        tally.requests += 1
-        tally.latencies.append(time.perf_counter() - started)
-
-
-def _ms(value: float | None) -> float | None:
-    return None if value is None else round(value * 1000, 3)
+        tally.record(started)
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
@@ -48,11 +43,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         await pool.close()
     elapsed = time.perf_counter() - started
     return {
-        "requests": tally.requests,
-        "rps": tally.requests / elapsed,
-        "p50_ms": _ms(percentile(tally.latencies, 50)),
-        "p99_ms": _ms(percentile(tally.latencies, 99)),
-        "errors": tally.errors,
+        **tally.summary(elapsed),
     }
 
 

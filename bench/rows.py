@@ -9,7 +9,6 @@ import shutil
 import signal
 import sys
 import time
-import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ import psutil
 
 from bench.load import Load, LoadRunner, Target, paired, repeated
 from bench.report import Row, ms, pair_ms, rate
-from bench.stack import Skip, Stack, http_get, http_send, module_exists
+from bench.stack import Skip, Stack, http_get, http_send, module_exists, wait_http
 from bench.upstream import SLOW_STREAM_PATH
 from devstack.postgres import free_port
 
@@ -77,6 +76,33 @@ def expect(status: int, body: bytes, wanted: int, what: str) -> None:
     if status != wanted:
         snippet = body[:160].decode(errors="replace")
         raise Skip(f"{what} answered {status}, not {wanted} (not there yet?): {snippet}")
+
+
+def get_ok(url: str, what: str, timeout: float = 5.0) -> bytes:
+    status, body = http_get(url, timeout=timeout)
+    expect(status, body, 200, what)
+    return body
+
+
+def post_ok(url: str, body: str, wanted: int, what: str, timeout: float = 10.0) -> bytes:
+    headers = {"Content-Type": "application/json"}
+    status, answer, _ = http_send(url, "POST", body.encode(), headers, timeout=timeout)
+    expect(status, answer, wanted, what)
+    return answer
+
+
+def latency_row(path: str, load: Load, target: str, verdict: str, note: str) -> Row:
+    """A concurrency-1 audits-reads row: its value is the median latency."""
+    return Row(
+        key="audits-reads",
+        path=path,
+        value=f"p50 {ms(load.p50_ms)} ms",
+        p50=ms(load.p50_ms),
+        p99=ms(load.p99_ms),
+        target=target,
+        verdict=verdict,
+        note=note,
+    )
 
 
 def run_sql(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
@@ -302,6 +328,50 @@ class Bench:
         s = self.settings
         return repeated(subject, s.runs, duration or s.duration, s.warmup)
 
+    def compare(
+        self,
+        row: tuple[str, str, str, str],
+        runs: tuple[Callable[[float], Load], Callable[[float], Load]],
+        wanted: float | None,
+        cpu: tuple[dict[str, str], dict[str, str]] = ({}, {}),
+        p99_factor: float | None = None,
+        judge_reference: bool = True,
+    ) -> list[Row]:
+        """The throughput row `(key, path, reference, target)`: alternate the (reference,
+        subject) `runs`, take their medians, judge the subject/reference rate against
+        `wanted` (None: a reference-only INFO row) and, if given, the subject's p99 against
+        `p99_factor` x the reference's. `cpu` names the `cpu_note` labels of the subject's
+        and the reference's run."""
+        reference, subject = self.pair(*runs)
+        ratio = subject.rps / reference.rps
+        p99_ok = p99_factor is None or (subject.p99_ms or 0) <= p99_factor * (reference.p99_ms or 0)
+        if wanted is None:
+            verdict, note = "INFO", failures(subject)
+        else:
+            judged = (subject, reference) if judge_reference else (subject,)
+            verdict, note = judge(ratio >= wanted and p99_ok, *judged)
+        key, path, reference_path, target = row
+        return [
+            Row(
+                key=key,
+                path=path,
+                value=rate(subject.rps),
+                reference=reference_path,
+                ref_value=rate(reference.rps),
+                ratio=f"{ratio:.2f}",
+                p50=pair_ms(subject.p50_ms, reference.p50_ms),
+                p99=pair_ms(subject.p99_ms, reference.p99_ms),
+                target=target,
+                verdict=verdict,
+                note=join(
+                    note,
+                    "" if p99_ok else f"p99 over {p99_factor:g}x direct",
+                    cpu_note(subject, **cpu[0]),
+                    cpu_note(reference, "", **cpu[1]),
+                ),
+            )
+        ]
+
 
 # -- rows -----------------------------------------------------------------------------------
 
@@ -310,35 +380,26 @@ def proxy(bench: Bench) -> list[Row]:
     path = "/api/v1/audits/bench-item"
     upstream = bench.upstream()
     gateway = bench.gateway_to_upstream()
-    status, body = http_get(gateway + path)
-    expect(status, body, 200, f"gateway GET {path} (to the trivial upstream)")
-    direct, behind = bench.pair(
-        bench.http(Target(upstream + path), watch=("upstream",)),
-        bench.http(Target(gateway + path), watch=("gateway-upstream", "upstream")),
+    get_ok(gateway + path, f"gateway GET {path} (to the trivial upstream)")
+    return bench.compare(
+        (
+            "proxy",
+            "trivial FastAPI upstream behind the gateway",
+            "the same upstream direct",
+            "≥0.5, p99 ≤2x direct",
+        ),
+        (
+            bench.http(Target(upstream + path), watch=("upstream",)),
+            bench.http(Target(gateway + path), watch=("gateway-upstream", "upstream")),
+        ),
+        0.5,
+        cpu=(
+            {"gateway": "gateway-upstream", "upstream": "upstream"},
+            {"upstream direct": "upstream"},
+        ),
+        p99_factor=2,
+        judge_reference=False,
     )
-    ratio = behind.rps / direct.rps
-    p99_ok = (behind.p99_ms or 0) <= 2 * (direct.p99_ms or 0)
-    verdict, note = judge(ratio >= 0.5 and p99_ok, behind)
-    return [
-        Row(
-            key="proxy",
-            path="trivial FastAPI upstream behind the gateway",
-            value=rate(behind.rps),
-            reference="the same upstream direct",
-            ref_value=rate(direct.rps),
-            ratio=f"{ratio:.2f}",
-            p50=pair_ms(behind.p50_ms, direct.p50_ms),
-            p99=pair_ms(behind.p99_ms, direct.p99_ms),
-            target="≥0.5, p99 ≤2x direct",
-            verdict=verdict,
-            note=join(
-                note,
-                "" if p99_ok else "p99 over 2x direct",
-                cpu_note(behind, gateway="gateway-upstream", upstream="upstream"),
-                cpu_note(direct, "", **{"upstream direct": "upstream"}),
-            ),
-        )
-    ]
 
 
 NGINX_CONF = """
@@ -379,125 +440,79 @@ def nginx(bench: Bench) -> list[Row]:
     )
     process = bench.stack.spawn([binary, "-c", str(conf), "-p", str(folder)], "nginx")
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            http_get(url + path, timeout=1)
-            break
-        except (urllib.error.URLError, ConnectionError):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"nginx did not start: {bench.stack.log_tail('nginx')}"
-                ) from None
-            time.sleep(0.05)
+    wait_http(url + path, process, "nginx", bench.stack, timeout=10)
     try:
-        direct, behind = bench.pair(
-            bench.http(Target(upstream + path)), bench.http(Target(url + path))
+        return bench.compare(
+            (
+                "nginx",
+                "trivial FastAPI upstream behind nginx (reference only)",
+                "the same upstream direct",
+                "-",
+            ),
+            (bench.http(Target(upstream + path)), bench.http(Target(url + path))),
+            None,
         )
     finally:
         bench.stack.stop(process, signal.SIGQUIT)
-    return [
-        Row(
-            key="nginx",
-            path="trivial FastAPI upstream behind nginx (reference only)",
-            value=rate(behind.rps),
-            reference="the same upstream direct",
-            ref_value=rate(direct.rps),
-            ratio=f"{behind.rps / direct.rps:.2f}",
-            p50=pair_ms(behind.p50_ms, direct.p50_ms),
-            p99=pair_ms(behind.p99_ms, direct.p99_ms),
-            target="-",
-            verdict="INFO",
-            note=failures(behind),
-        )
-    ]
 
 
 def audits_get(bench: Bench) -> list[Row]:
     audits = bench.audits()
-    status, body, _ = http_send(
-        audits + "/api/v1/audits",
-        "POST",
-        json.dumps(AUDIT_BODY).encode(),
-        dict([JSON_HEADER[0].split(": ")]),
+    created = post_ok(
+        audits + "/api/v1/audits", json.dumps(AUDIT_BODY), 201, "audits POST /api/v1/audits"
     )
-    expect(status, body, 201, "audits POST /api/v1/audits")
-    path = f"/api/v1/audits/{json.loads(body)['id']}"
-    status, body = http_get(audits + path)
-    expect(status, body, 200, f"audits GET {path}")
+    path = f"/api/v1/audits/{json.loads(created)['id']}"
+    get_ok(audits + path, f"audits GET {path}")
     gateway = bench.gateway_real()
-    status, body = http_get(gateway + path)
-    expect(status, body, 200, f"gateway GET {path}")
-    direct, behind = bench.pair(
-        bench.http(Target(audits + path), watch=("audits",)),
-        bench.http(Target(gateway + path), watch=("gateway", "audits")),
+    get_ok(gateway + path, f"gateway GET {path}")
+    return bench.compare(
+        (
+            "audits-get",
+            "GET /api/v1/audits/{id} through the gateway",
+            "the same, direct to audits-service",
+            "≥0.8",
+        ),
+        (
+            bench.http(Target(audits + path), watch=("audits",)),
+            bench.http(Target(gateway + path), watch=("gateway", "audits")),
+        ),
+        0.8,
+        cpu=({"gateway": "gateway", "audits": "audits"}, {"audits direct": "audits"}),
     )
-    ratio = behind.rps / direct.rps
-    verdict, note = judge(ratio >= 0.8, behind, direct)
-    return [
-        Row(
-            key="audits-get",
-            path="GET /api/v1/audits/{id} through the gateway",
-            value=rate(behind.rps),
-            reference="the same, direct to audits-service",
-            ref_value=rate(direct.rps),
-            ratio=f"{ratio:.2f}",
-            p50=pair_ms(behind.p50_ms, direct.p50_ms),
-            p99=pair_ms(behind.p99_ms, direct.p99_ms),
-            target="≥0.8",
-            verdict=verdict,
-            note=join(
-                note,
-                cpu_note(behind, gateway="gateway", audits="audits"),
-                cpu_note(direct, "", **{"audits direct": "audits"}),
-            ),
-        )
-    ]
 
 
 def audits_post(bench: Bench) -> list[Row]:
     audits = bench.audits()
     body = json.dumps(AUDIT_BODY)
-    status, answer, _ = http_send(
-        audits + "/api/v1/audits", "POST", body.encode(), {"Content-Type": "application/json"}
-    )
-    expect(status, answer, 201, "audits POST /api/v1/audits")
+    post_ok(audits + "/api/v1/audits", body, 201, "audits POST /api/v1/audits")
     url = bench.stack.database("bench")
     table = bench.audit_table(url)
     names, values = bench.audit_values(url, table, generated=False)
     sql = f'INSERT INTO "{table}" ({names}) VALUES ({values}) RETURNING *'  # noqa: S608
     concurrency = 16
     pg_args = ["--dsn", url, "--sql", sql, "--pool", "10", "--concurrency", str(concurrency)]
-    raw, api = bench.pair(
-        lambda d: bench.runner.module("bench.pgclient", pg_args, d),
-        bench.http(
-            Target(audits + "/api/v1/audits", "POST", body, JSON_HEADER),
-            concurrency,
-            watch=("audits",),
+    return bench.compare(
+        (
+            "audits-post",
+            "POST /api/v1/audits direct (16 concurrent)",
+            "raw asyncpg INSERT … RETURNING, pool 10, 16 concurrent",
+            "≥0.4 (durable commits)",
         ),
+        (
+            lambda d: bench.runner.module("bench.pgclient", pg_args, d),
+            bench.http(
+                Target(audits + "/api/v1/audits", "POST", body, JSON_HEADER),
+                concurrency,
+                watch=("audits",),
+            ),
+        ),
+        0.4,
+        cpu=({"audits": "audits"}, {}),
     )
-    ratio = api.rps / raw.rps
-    verdict, note = judge(ratio >= 0.4, api, raw)
-    return [
-        Row(
-            key="audits-post",
-            path="POST /api/v1/audits direct (16 concurrent)",
-            value=rate(api.rps),
-            reference="raw asyncpg INSERT … RETURNING, pool 10, 16 concurrent",
-            ref_value=rate(raw.rps),
-            ratio=f"{ratio:.2f}",
-            p50=pair_ms(api.p50_ms, raw.p50_ms),
-            p99=pair_ms(api.p99_ms, raw.p99_ms),
-            target="≥0.4 (durable commits)",
-            verdict=verdict,
-            note=join(note, cpu_note(api, audits="audits")),
-        )
-    ]
 
 
 def _page(audits: str, query: str) -> dict[str, Any]:
-    status, body = http_get(f"{audits}/api/v1/audits?{query}", timeout=30)
-    expect(status, body, 200, f"audits GET /api/v1/audits?{query}")
+    body = get_ok(f"{audits}/api/v1/audits?{query}", f"audits GET /api/v1/audits?{query}", 30)
     page: dict[str, Any] = json.loads(body)
     return page
 
@@ -528,16 +543,12 @@ def audits_reads(bench: Bench) -> list[Row]:
     )
     rows_note = f"{MILLION:,} rows generated in {seconds:.1f} s; concurrency 1"
     return [
-        Row(
-            key="audits-reads",
-            path=f"GET /api/v1/audits first page at {MILLION:,} rows (include_total=false)",
-            value=f"p50 {ms(first.p50_ms)} ms",
-            ratio="",
-            p50=ms(first.p50_ms),
-            p99=ms(first.p99_ms),
-            target="p50 ≤5 ms",
-            verdict=first_verdict,
-            note="; ".join(filter(None, [rows_note, first_note])),
+        latency_row(
+            f"GET /api/v1/audits first page at {MILLION:,} rows (include_total=false)",
+            first,
+            "p50 ≤5 ms",
+            first_verdict,
+            join(rows_note, first_note),
         ),
         Row(
             key="audits-reads",
@@ -552,25 +563,19 @@ def audits_reads(bench: Bench) -> list[Row]:
             verdict=deep_verdict,
             note=deep_note,
         ),
-        Row(
-            key="audits-reads",
-            path="first page with the exact total (the default)",
-            value=f"p50 {ms(total.p50_ms)} ms",
-            p50=ms(total.p50_ms),
-            p99=ms(total.p99_ms),
-            target="-",
-            verdict="INFO",
-            note="exact count(*) of 1M rows; include_total=false skips it",
+        latency_row(
+            "first page with the exact total (the default)",
+            total,
+            "-",
+            "INFO",
+            "exact count(*) of 1M rows; include_total=false skips it",
         ),
-        Row(
-            key="audits-reads",
-            path=f"offset page {DEEP:,} deep (offset={DEEP})",
-            value=f"p50 {ms(offset.p50_ms)} ms",
-            p50=ms(offset.p50_ms),
-            p99=ms(offset.p99_ms),
-            target="-",
-            verdict="INFO",
-            note="why the cursor exists",
+        latency_row(
+            f"offset page {DEEP:,} deep (offset={DEEP})",
+            offset,
+            "-",
+            "INFO",
+            "why the cursor exists",
         ),
     ]
 
@@ -581,47 +586,35 @@ def _chat_target(base: str, stream: bool) -> Target:
 
 
 def _check_chat(base: str, what: str) -> None:
-    status, body, _ = http_send(
+    post_ok(
         base + "/api/v1/openai/chat",
-        "POST",
-        json.dumps(CHAT_BODY).encode(),
-        {"Content-Type": "application/json"},
-        timeout=30,
+        json.dumps(CHAT_BODY),
+        200,
+        f"{what} POST /api/v1/openai/chat",
+        30,
     )
-    expect(status, body, 200, f"{what} POST /api/v1/openai/chat")
 
 
 def _llm_row(bench: Bench, stream: bool) -> list[Row]:
     standin = bench.standin()
     llm = bench.llm()
     _check_chat(llm, "llm-service")
-    sdk, service = bench.pair(
-        bench.sdk(standin + "/v1", stream),
-        bench.http(_chat_target(llm, stream), watch=("llm",)),
-    )
-    ratio = service.rps / sdk.rps
     wanted = 0.85 if stream else 0.75
-    verdict, note = judge(ratio >= wanted, service, sdk)
     kind = "streaming" if stream else "plain"
-    return [
-        Row(
-            key="llm-stream" if stream else "llm",
-            path=f"llm-service POST /api/v1/openai/chat, {kind}",
-            value=rate(service.rps),
-            reference=f"openai SDK → stand-in direct, {kind}",
-            ref_value=rate(sdk.rps),
-            ratio=f"{ratio:.2f}",
-            p50=pair_ms(service.p50_ms, sdk.p50_ms),
-            p99=pair_ms(service.p99_ms, sdk.p99_ms),
-            target=f"≥{wanted}",
-            verdict=verdict,
-            note=join(
-                note,
-                cpu_note(service, **{"llm-service": "llm"}),
-                cpu_note(sdk, "", **{"SDK client": "client"}),
-            ),
-        )
-    ]
+    return bench.compare(
+        (
+            "llm-stream" if stream else "llm",
+            f"llm-service POST /api/v1/openai/chat, {kind}",
+            f"openai SDK → stand-in direct, {kind}",
+            f"≥{wanted}",
+        ),
+        (
+            bench.sdk(standin + "/v1", stream),
+            bench.http(_chat_target(llm, stream), watch=("llm",)),
+        ),
+        wanted,
+        cpu=({"llm-service": "llm"}, {"SDK client": "client"}),
+    )
 
 
 def llm_plain(bench: Bench) -> list[Row]:
@@ -667,31 +660,20 @@ def llm_gateway(bench: Bench) -> list[Row]:
     bench.llm()
     gateway = bench.gateway_real()
     _check_chat(gateway, "gateway")
-    sdk, through = bench.pair(
-        bench.sdk(standin + "/v1", False),
-        bench.http(_chat_target(gateway, False), watch=("gateway", "llm")),
+    return bench.compare(
+        (
+            "llm-gateway",
+            "gateway → llm-service POST /api/v1/openai/chat, plain",
+            "openai SDK → stand-in direct, plain",
+            "≥0.6",
+        ),
+        (
+            bench.sdk(standin + "/v1", False),
+            bench.http(_chat_target(gateway, False), watch=("gateway", "llm")),
+        ),
+        0.6,
+        cpu=({"gateway": "gateway", "llm": "llm"}, {"SDK client": "client"}),
     )
-    ratio = through.rps / sdk.rps
-    verdict, note = judge(ratio >= 0.6, through, sdk)
-    return [
-        Row(
-            key="llm-gateway",
-            path="gateway → llm-service POST /api/v1/openai/chat, plain",
-            value=rate(through.rps),
-            reference="openai SDK → stand-in direct, plain",
-            ref_value=rate(sdk.rps),
-            ratio=f"{ratio:.2f}",
-            p50=pair_ms(through.p50_ms, sdk.p50_ms),
-            p99=pair_ms(through.p99_ms, sdk.p99_ms),
-            target="≥0.6",
-            verdict=verdict,
-            note=join(
-                note,
-                cpu_note(through, gateway="gateway", llm="llm"),
-                cpu_note(sdk, "", **{"SDK client": "client"}),
-            ),
-        )
-    ]
 
 
 def litellm(bench: Bench) -> list[Row]:
@@ -724,37 +706,20 @@ def litellm(bench: Bench) -> list[Row]:
         },
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if http_get(url + "/health/liveliness", timeout=1)[0] == 200:
-                break
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"LiteLLM did not start: {bench.stack.log_tail('litellm')}")
-        time.sleep(0.2)
+    wait_http(url + "/health/liveliness", process, "litellm", bench.stack, 60, 0.2, 200)
     try:
-        sdk, proxied = bench.pair(
-            bench.sdk(standin + "/v1", False), bench.sdk(url, False, key=master_key)
+        return bench.compare(
+            (
+                "litellm",
+                "openai SDK → LiteLLM proxy → stand-in, plain (reference only)",
+                "openai SDK → stand-in direct, plain",
+                "-",
+            ),
+            (bench.sdk(standin + "/v1", False), bench.sdk(url, False, key=master_key)),
+            None,
         )
     finally:
         bench.stack.stop(process)
-    return [
-        Row(
-            key="litellm",
-            path="openai SDK → LiteLLM proxy → stand-in, plain (reference only)",
-            value=rate(proxied.rps),
-            reference="openai SDK → stand-in direct, plain",
-            ref_value=rate(sdk.rps),
-            ratio=f"{proxied.rps / sdk.rps:.2f}",
-            p50=pair_ms(proxied.p50_ms, sdk.p50_ms),
-            p99=pair_ms(proxied.p99_ms, sdk.p99_ms),
-            target="-",
-            verdict="INFO",
-            note=failures(proxied),
-        )
-    ]
 
 
 def _rss_mb(pid: int) -> float:
@@ -803,10 +768,8 @@ def memory_streams(bench: Bench) -> list[Row]:
     gateway = bench.gateway_to_upstream("mem-streams-gateway")
     pid = bench.stack.pid("mem-streams-gateway")
     path = f"{SLOW_STREAM_PATH}?chunks={chunks}&interval={interval}"
-    status, body = http_get(upstream + f"{SLOW_STREAM_PATH}?chunks=1&interval=0")
-    expect(status, body, 200, "upstream slow stream")
-    status, body = http_get(gateway + f"{SLOW_STREAM_PATH}?chunks=1&interval=0")
-    expect(status, body, 200, "gateway GET of the slow stream")
+    get_ok(upstream + f"{SLOW_STREAM_PATH}?chunks=1&interval=0", "upstream slow stream")
+    get_ok(gateway + f"{SLOW_STREAM_PATH}?chunks=1&interval=0", "gateway GET of the slow stream")
     _warm(gateway + "/api/v1/audits/x", 200)
     time.sleep(1)
     idle = _rss_mb(pid)
@@ -871,24 +834,11 @@ def cold_start(bench: Bench) -> list[Row]:
             [sys.executable, "-m", "devstack.run"], f"coldstart-{attempt}", env, cwd=home
         )
         ready_url = f"http://127.0.0.1:{ports['GATEWAY_PORT']}/health/ready"
-        seconds: float | None = None
-        deadline = started + 60
         try:
-            while time.perf_counter() < deadline and process.poll() is None:
-                try:
-                    if http_get(ready_url, timeout=1)[0] == 200:
-                        seconds = time.perf_counter() - started
-                        break
-                except (urllib.error.URLError, ConnectionError, TimeoutError):
-                    pass
-                time.sleep(0.05)
+            wait_http(ready_url, process, f"coldstart-{attempt}", bench.stack, 60, status=200)
+            runs.append(time.perf_counter() - started)
         finally:
             bench.stack.stop(process)
-        if seconds is None:
-            raise RuntimeError(
-                f"not ready within 60 s: {bench.stack.log_tail(f'coldstart-{attempt}')}"
-            )
-        runs.append(seconds)
     first, second = runs
     return [
         Row(

@@ -14,7 +14,7 @@ import time
 import openai
 import uvloop
 
-from bench.loadclient import Tally, percentile
+from bench.loadclient import Tally, percentile, to_ms
 
 MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [
     {"role": "user", "content": "Say hello."}
@@ -42,12 +42,7 @@ async def worker(
             tally.errors += 1
             await asyncio.sleep(0.01)
             continue
-        tally.requests += 1
-        tally.latencies.append(time.perf_counter() - started)
-
-
-def _ms(value: float | None) -> float | None:
-    return None if value is None else round(value * 1000, 3)
+        tally.record(started)
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
@@ -69,12 +64,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     cpu = time.process_time() - cpu_started
     return {
         "cpu_client_us": cpu / max(tally.requests, 1) * 1e6,
-        "requests": tally.requests,
-        "rps": tally.requests / elapsed,
-        "p50_ms": _ms(percentile(tally.latencies, 50)),
-        "p99_ms": _ms(percentile(tally.latencies, 99)),
-        "first_chunk_p50_ms": _ms(percentile(tally.first_bytes, 50)),
-        "errors": tally.errors,
+        **tally.summary(elapsed),
+        "first_chunk_p50_ms": to_ms(percentile(tally.first_bytes, 50)),
     }
 
 

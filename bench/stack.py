@@ -228,15 +228,25 @@ class Stack:
             self._postgres = None
 
 
-def wait_http(url: str, process: subprocess.Popen[bytes], name: str, stack: Stack) -> None:
-    deadline = time.monotonic() + 30
+def wait_http(
+    url: str,
+    process: subprocess.Popen[bytes],
+    name: str,
+    stack: Stack,
+    timeout: float = 30,
+    interval: float = 0.05,
+    status: int | None = None,
+) -> None:
+    """Polls `url` until it answers (with `status`, if given) while `process` runs."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited: {stack.log_tail(name)}")
         try:
-            http_get(url, timeout=1)
+            answered = http_get(url, timeout=1)[0]
         except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.05)
-            continue
-        return
-    raise TimeoutError(f"{name} did not answer {url} within 30 s")
+            answered = None
+        if answered is not None and (status is None or answered == status):
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"{name} did not answer {url} within {timeout:g} s: {stack.log_tail(name)}")
