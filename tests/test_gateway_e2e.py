@@ -15,6 +15,7 @@ import uvicorn
 from openapi_spec_validator import validate
 from starlette.types import Message, Receive, Scope, Send
 
+from devstack.checks import assert_problem
 from devstack.openai_standin import OpenAIStandin
 from devstack.postgres import free_port
 from devstack.processes import ServiceProcess
@@ -124,16 +125,6 @@ async def raw_request(base_url: str, request_target: str, method: str = "GET") -
         writer.close()
     status = int(response.split(b" ", 2)[1])
     return status, response
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body = response.json()
-    assert body["status"] == status
-    assert body["code"] == code
-    assert body["request_id"] == response.headers["x-request-id"]
-    assert {"type", "title", "detail", "instance"} <= set(body)
 
 
 # -- against the real services -----------------------------------------------------------

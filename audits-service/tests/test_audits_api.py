@@ -5,11 +5,12 @@ from uuid import UUID, uuid4
 
 import httpx
 import pytest
-from audits_testkit import AUDITS, app_client, assert_problem, record
+from audits_testkit import AUDITS, app_client, record
 
 from audits_service.audits.constants import AuditAction, AuditStatus
 from audits_service.config import Settings
 from audits_service.main import create_app
+from devstack.checks import assert_problem
 from devstack.postgres import free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

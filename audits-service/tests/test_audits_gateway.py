@@ -6,8 +6,9 @@ from uuid import uuid4
 import httpx
 import pytest
 from alembic import command
-from audits_testkit import AUDITS, alembic_config, assert_problem, record
+from audits_testkit import AUDITS, alembic_config, record
 
+from devstack.checks import assert_problem
 from devstack.postgres import EmbeddedPostgres, free_port
 from devstack.processes import ServiceProcess
 

@@ -7,11 +7,12 @@ from uuid import uuid4
 import asyncpg
 import httpx
 import pytest
-from audits_testkit import AUDITS, assert_problem, record
+from audits_testkit import AUDITS, record
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from audits_service.audits.service import purge_expired_keys
 from audits_service.config import Settings
+from devstack.checks import assert_problem
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -6,12 +6,13 @@ from uuid import uuid4
 
 import httpx
 import pytest
-from audits_testkit import AUDITS, Params, Record, assert_problem, record
+from audits_testkit import AUDITS, Params, Record, record
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from audits_service.audits.models import audit_record, uuid7
 from audits_service.config import Settings
+from devstack.checks import assert_problem
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

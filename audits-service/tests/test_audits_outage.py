@@ -15,8 +15,9 @@ import httpx
 import psutil
 import pytest
 from alembic import command
-from audits_testkit import AUDITS, alembic_config, assert_problem, record
+from audits_testkit import AUDITS, alembic_config, record
 
+from devstack.checks import assert_problem
 from devstack.postgres import EmbeddedPostgres
 from devstack.processes import ServiceProcess
 

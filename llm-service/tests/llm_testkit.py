@@ -59,14 +59,3 @@ def sse_events(text: str) -> list[tuple[str, str]]:
                 data.append(line[5:].lstrip())
         events.append((name, "\n".join(data)))
     return events
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code
-    assert body["status"] == status
-    assert body["type"] == f"/problems/{code}"
-    assert body["request_id"] == response.headers["x-request-id"]
-    return body

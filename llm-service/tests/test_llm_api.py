@@ -6,8 +6,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from llm_testkit import API_KEY, ClientFactory, assert_problem, chat_body
+from llm_testkit import API_KEY, ClientFactory, chat_body
 
+from devstack.checks import assert_problem
 from devstack.openai_standin import Fault, OpenAIStandin
 
 CHAT = "/api/v1/openai/chat"

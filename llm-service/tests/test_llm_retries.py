@@ -8,8 +8,9 @@ import httpx
 import httpx2
 import orjson
 import pytest
-from llm_testkit import ClientFactory, assert_problem, chat_body, sse_events
+from llm_testkit import ClientFactory, chat_body, sse_events
 
+from devstack.checks import assert_problem
 from devstack.openai_standin import Fault, OpenAIStandin
 from llm_service.chat.exceptions import UpstreamStatusError
 from llm_service.chat.retry import retry_after

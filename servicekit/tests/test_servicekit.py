@@ -6,8 +6,8 @@ import pytest
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel
 
+from devstack.checks import assert_problem
 from servicekit import (
-    PROBLEM_MEDIA_TYPE,
     ReadinessCheck,
     ServiceError,
     ServiceSettings,
@@ -67,17 +67,6 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=make_app(), raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://kit") as c:
         yield c
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, object]:
-    assert response.status_code == status
-    assert response.headers["content-type"] == PROBLEM_MEDIA_TYPE
-    body: dict[str, object] = response.json()
-    assert body["status"] == status
-    assert body["code"] == code
-    assert body["request_id"] == response.headers["x-request-id"]
-    assert {"type", "title", "detail", "instance"} <= body.keys()
-    return body
 
 
 async def test_valid_request_id_is_kept(client: httpx.AsyncClient) -> None:
