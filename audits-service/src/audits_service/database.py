@@ -1,5 +1,6 @@
 """Engine, sessions and the mapping of database failures to `503 database_unavailable`."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Final
@@ -71,6 +72,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
         pool_pre_ping=True,
+        # Autocommit unless a session asks for a transaction: a single statement then
+        # needs no BEGIN/COMMIT, and the pre-ping is one round trip instead of three.
+        isolation_level="AUTOCOMMIT",
         connect_args={
             "timeout": settings.db_pool_timeout,
             "command_timeout": timeout,
@@ -82,33 +86,52 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions in autocommit mode: a single statement needs no BEGIN/COMMIT round trips."""
-    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-    return async_sessionmaker(autocommit, expire_on_commit=False)
+class Sessions:
+    """Sessions whose database failures surface as `DatabaseUnavailable` (503), admitted to
+    the connection pool first come, first served.
 
-
-@asynccontextmanager
-async def open_session(request: Request, *, transaction: bool) -> AsyncIterator[AsyncSession]:
-    """A session whose database failures surface as `DatabaseUnavailable` (503).
-
-    `transaction=True` makes every statement up to `commit()` one READ COMMITTED
-    transaction instead of autocommitting each (it checks the connection out at once).
+    SQLAlchemy's async pool hands a returned connection to whichever task asks next, so a
+    request already waiting can be overtaken again and again (sqlalchemy#7679): at 32
+    requests in flight on the default pool, p50 was 5-8 ms and p99 ~1 s. A FIFO semaphore
+    as large as the pool, in front of it, keeps the wait fair and bounded by
+    DB_POOL_TIMEOUT.
     """
-    sessionmaker: async_sessionmaker[AsyncSession] = request.state.sessionmaker
-    async with sessionmaker() as session:
+
+    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
+        self._sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+        self._admission = asyncio.Semaphore(settings.db_pool_size + settings.db_max_overflow)
+        self._wait = settings.db_pool_timeout
+
+    @asynccontextmanager
+    async def open(self, *, transaction: bool) -> AsyncIterator[AsyncSession]:
+        """`transaction=True` makes every statement up to `commit()` one READ COMMITTED
+        transaction instead of autocommitting each (it checks the connection out at once).
+        """
         try:
-            if transaction:
-                await session.connection(execution_options={"isolation_level": "READ COMMITTED"})
-            yield session
+            async with asyncio.timeout(self._wait):
+                await self._admission.acquire()
+        except TimeoutError:
+            raise DatabaseUnavailable(
+                "No database connection became free in time; retry later."
+            ) from None
+        try:
+            async with self._sessionmaker() as session:
+                if transaction:
+                    await session.connection(
+                        execution_options={"isolation_level": "READ COMMITTED"}
+                    )
+                yield session
         except Exception as exc:
             if is_unavailable(exc):
                 raise DatabaseUnavailable from exc
             raise
+        finally:
+            self._admission.release()
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with open_session(request, transaction=False) as session:
+    sessions: Sessions = request.state.sessions
+    async with sessions.open(transaction=False) as session:
         yield session
 
 

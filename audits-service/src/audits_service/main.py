@@ -7,16 +7,21 @@ from typing import TypedDict
 
 from fastapi import FastAPI
 from loguru import logger
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from audits_service import __version__
 from audits_service.audits.router import router as audits_router
 from audits_service.audits.service import purge_expired_keys
 from audits_service.config import Settings
-from audits_service.database import create_engine, create_sessionmaker
+from audits_service.database import Sessions, create_engine
 from audits_service.health import database_ready, migration_head
 from audits_service.health import router as database_health_router
-from servicekit import health_router, install_graceful_shutdown, install_servicekit
+from servicekit import (
+    NO_TELEMETRY,
+    health_router,
+    install_graceful_shutdown,
+    install_servicekit,
+)
 
 # How often expired idempotency keys are deleted, in seconds.
 PURGE_INTERVAL = 600.0
@@ -25,7 +30,7 @@ PURGE_INTERVAL = 600.0
 class State(TypedDict):
     settings: Settings
     engine: AsyncEngine
-    sessionmaker: async_sessionmaker[AsyncSession]
+    sessions: Sessions
     migration_head: str | None
 
 
@@ -56,7 +61,7 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
         yield {
             "settings": settings,
             "engine": engine,
-            "sessionmaker": create_sessionmaker(engine),
+            "sessions": Sessions(engine, settings),
             "migration_head": head,
         }
     finally:
@@ -76,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # A redirect would name this service's host, which clients behind the gateway
         # cannot reach: `/api/v1/audits/` is a plain 404 instead.
         redirect_slashes=False,
+        telemetry=NO_TELEMETRY,
     )
     install_servicekit(app, service="audits", settings=settings)
     app.include_router(health_router("audits", ready=database_ready))

@@ -17,7 +17,12 @@ from gateway.openapi import DOCS_ASSETS_URL, OpenAPICache, docs_assets, docs_rou
 from gateway.proxy import ProxyMiddleware
 from gateway.ratelimit import MemoryRateLimiter, NoRateLimit, RateLimiter, RedisRateLimiter
 from gateway.upstreams import Upstream, build_upstreams
-from servicekit import REQUEST_ID_HEADER, install_graceful_shutdown, install_servicekit
+from servicekit import (
+    NO_TELEMETRY,
+    REQUEST_ID_HEADER,
+    install_graceful_shutdown,
+    install_servicekit,
+)
 
 TITLE = "Audits Platform API"
 
@@ -80,9 +85,7 @@ def create_app(
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
-        # The gateway exports no OpenTelemetry; FastAPI's per-request check for configured
-        # providers would cost ~5 % of a proxied request.
-        telemetry={"tracing": False, "metrics": False, "logs": False},
+        telemetry=NO_TELEMETRY,
     )
     app.include_router(health_router)
     app.include_router(docs_router(TITLE))

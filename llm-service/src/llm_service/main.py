@@ -12,7 +12,13 @@ from llm_service import __version__
 from llm_service.chat.router import router as chat_router
 from llm_service.chat.service import ChatService, KeyStatus, check_key
 from llm_service.config import Settings
-from servicekit import ReadinessCheck, health_router, install_graceful_shutdown, install_servicekit
+from servicekit import (
+    NO_TELEMETRY,
+    ReadinessCheck,
+    health_router,
+    install_graceful_shutdown,
+    install_servicekit,
+)
 
 
 class State(TypedDict):
@@ -73,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "policy, streaming, and OpenAI wire compatibility under `/api/v1/openai/v1`."
         ),
         lifespan=partial(lifespan, settings=settings),
+        telemetry=NO_TELEMETRY,
     )
     install_servicekit(app, service="llm", settings=settings)
     if settings.log_level.upper() != "DEBUG":

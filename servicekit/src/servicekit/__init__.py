@@ -15,7 +15,7 @@ from servicekit.problems import (
     problem_response,
     problem_responses,
 )
-from servicekit.runtime import tune_gc_after_startup
+from servicekit.runtime import NO_TELEMETRY, tune_gc_after_startup
 from servicekit.settings import ServiceSettings
 from servicekit.shutdown import install_graceful_shutdown
 
@@ -31,6 +31,7 @@ def install_servicekit(app: FastAPI, service: str, settings: ServiceSettings) ->
 
 
 __all__ = [
+    "NO_TELEMETRY",
     "PROBLEM_MEDIA_TYPE",
     "REQUEST_ID_HEADER",
     "HeadAsGetMiddleware",

@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from audits_service.audits.constants import IDEMPOTENCY_KEY_HEADER, IDEMPOTENCY_KEY_MAX_LENGTH
 from audits_service.config import Settings
-from audits_service.database import open_session
+from audits_service.database import Sessions
 
 
 # Dependencies are `async def` even without awaiting: FastAPI runs a plain `def` one in a
@@ -55,7 +55,8 @@ async def get_create_session(
     request: Request, idempotency_key: IdempotencyKeyDep
 ) -> AsyncIterator[AsyncSession]:
     """An idempotent create writes two rows atomically; a plain one is a single statement."""
-    async with open_session(request, transaction=idempotency_key is not None) as session:
+    sessions: Sessions = request.state.sessions
+    async with sessions.open(transaction=idempotency_key is not None) as session:
         yield session
 
 

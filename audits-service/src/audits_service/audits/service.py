@@ -13,7 +13,6 @@ from uuid import UUID
 from sqlalchemy import ColumnElement, Row, delete, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlalchemy.sql.dml import ReturningInsert
 
 from audits_service.audits.exceptions import (
     AuditNotFound,
@@ -31,6 +30,8 @@ from audits_service.audits.schemas import (
 )
 
 _COLUMNS = tuple(audit_record.c)
+# Built once: constructing `insert().values(...)` per request was ~10 % of a POST's CPU.
+_INSERT = insert(audit_record).returning(*_COLUMNS)
 _NEWEST_FIRST = (audit_record.c.created_at.desc(), audit_record.c.id.desc())
 # Seed of `hashtextextended` for the advisory lock guarding one idempotency key.
 _IDEMPOTENCY_LOCK_SEED = 0x6175646974
@@ -42,20 +43,19 @@ def _response(row: Row[Any]) -> AuditRecordResponse:
     return AuditRecordResponse.model_validate(row._mapping)
 
 
-def _insert_record(data: AuditRecordCreate, request_id: str) -> ReturningInsert[Any]:
-    return (
-        insert(audit_record)
-        .values(id=uuid7(), request_id=request_id, **data.model_dump())
-        .returning(*_COLUMNS)
-    )
+async def _insert_record(
+    session: AsyncSession, data: AuditRecordCreate, request_id: str
+) -> AuditRecordResponse:
+    values = {"id": uuid7(), "request_id": request_id, **data.model_dump()}
+    return _response((await session.execute(_INSERT, values)).one())
 
 
 async def create_audit(
     session: AsyncSession, data: AuditRecordCreate, request_id: str
 ) -> AuditRecordResponse:
-    row = (await session.execute(_insert_record(data, request_id))).one()
+    record = await _insert_record(session, data, request_id)
     await session.commit()
-    return _response(row)
+    return record
 
 
 def fingerprint(data: AuditRecordCreate) -> str:
@@ -74,7 +74,7 @@ async def create_audit_idempotent(
 ) -> tuple[AuditRecordResponse, bool]:
     """Create once per key; a repeat gets the first response back. Returns (record, replayed).
 
-    `session` must be in a transaction (`open_session(..., transaction=True)`).
+    `session` must be in a transaction (`Sessions.open(transaction=True)`).
 
     A transaction-scoped advisory lock on the key makes a concurrent repeat fail fast
     (409) instead of waiting, and the key row is committed in the same transaction as
@@ -99,7 +99,7 @@ async def create_audit_idempotent(
             )
         return AuditRecordResponse.model_validate(stored.response), True
 
-    record = _response((await session.execute(_insert_record(data, request_id))).one())
+    record = await _insert_record(session, data, request_id)
     values = {
         "fingerprint": digest,
         "audit_id": record.id,
