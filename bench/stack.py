@@ -17,19 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from devstack.postgres import EmbeddedPostgres, free_port
-from devstack.processes import ServiceProcess, repo_root
-
-UVICORN_FLAGS = (
-    "--host",
-    "127.0.0.1",
-    "--loop",
-    "uvloop",
-    "--http",
-    "httptools",
-    "--no-access-log",
-    "--timeout-graceful-shutdown",
-    "5",
-)
+from devstack.processes import ServiceProcess, repo_root, uvicorn_command
 
 
 class Skip(Exception):
@@ -153,8 +141,7 @@ class Stack:
     def python_app(self, name: str, app: str) -> str:
         """A uvicorn app factory of ours (the trivial upstream) on a free port."""
         port = free_port()
-        command = [sys.executable, "-m", "uvicorn", app, "--factory", "--port", str(port)]
-        return self.server(name, [*command, *UVICORN_FLAGS], port, "/health")
+        return self.server(name, uvicorn_command(app, port), port, "/health")
 
     # -- services ------------------------------------------------------------------------
 

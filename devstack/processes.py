@@ -24,6 +24,29 @@ APPS = {
 }
 
 
+def uvicorn_command(app: str, port: int, *, own_proxy_headers: bool = False) -> list[str]:
+    """How every app of ours is served: an app factory, one worker, uvloop and httptools."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        *(("--no-proxy-headers",) if own_proxy_headers else ()),
+        "--timeout-graceful-shutdown",
+        "10",
+    ]
+
+
 class ServiceProcess:
     """One service under uvicorn on 127.0.0.1, with its own environment."""
 
@@ -47,27 +70,11 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> "ServiceProcess":
+        command = uvicorn_command(
+            APPS[self.name], self.port, own_proxy_headers=self.name in OWN_PROXY_HEADERS
+        )
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                APPS[self.name],
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--no-access-log",
-                *(("--no-proxy-headers",) if self.name in OWN_PROXY_HEADERS else ()),
-                "--timeout-graceful-shutdown",
-                "10",
-                *self.extra_args,
-            ],
+            [*command, *self.extra_args],
             env=self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT if self.log is not None else None,

@@ -101,7 +101,7 @@ def _server_issued_values(_: HookContext, case: Case[Any], __: dict[str, Any]) -
     422); a cursor is an opaque token from `next_cursor` (any other string is rightly a
     422); `model` must be in `OPENAI_ALLOWED_MODELS` and token counts within
     `OPENAI_MAX_TOKENS`, which the schema cannot know (model ids too: the gateway
-    refuses odd paths such as a `\\` in one with 400); `created_from` after `created_to` is
+    refuses odd paths such as a `\\` in one with 404); `created_from` after `created_to` is
     a documented 422 no JSON Schema can express. Invalid values are left alone, so negative
     cases stay negative.
     """

@@ -21,6 +21,7 @@ from servicekit import (
     health_router,
     install_graceful_shutdown,
     install_servicekit,
+    operation_id,
 )
 
 # How often expired idempotency keys are deleted, in seconds.
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # cannot reach: `/api/v1/audits/` is a plain 404 instead.
         redirect_slashes=False,
         telemetry=NO_TELEMETRY,
+        generate_unique_id_function=operation_id,
     )
     install_servicekit(app, service="audits", settings=settings)
     app.include_router(health_router("audits", ready=database_ready))

@@ -46,8 +46,9 @@ class EdgeGuardMiddleware:
                 instance=scope["path"],
             )
         elif reason := unsafe_path_reason(raw_path):
+            # No resource lives at such a path: 404 `not_found`, with the reason in `detail`.
             response = problem_response(
-                400, "invalid_path", detail=f"Refused: {reason}.", instance=scope["path"]
+                404, "not_found", detail=f"Refused: {reason}.", instance=scope["path"]
             )
         else:
             await self.app(scope, receive, send)

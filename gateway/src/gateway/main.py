@@ -22,6 +22,7 @@ from servicekit import (
     REQUEST_ID_HEADER,
     install_graceful_shutdown,
     install_servicekit,
+    operation_id,
 )
 
 TITLE = "Audits Platform API"
@@ -86,6 +87,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         telemetry=NO_TELEMETRY,
+        generate_unique_id_function=operation_id,
     )
     app.include_router(health_router)
     app.include_router(docs_router(TITLE))

@@ -18,6 +18,7 @@ from servicekit import (
     health_router,
     install_graceful_shutdown,
     install_servicekit,
+    operation_id,
 )
 
 
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         lifespan=partial(lifespan, settings=settings),
         telemetry=NO_TELEMETRY,
+        generate_unique_id_function=operation_id,
     )
     install_servicekit(app, service="llm", settings=settings)
     if settings.log_level.upper() != "DEBUG":

@@ -15,7 +15,7 @@ from servicekit.problems import (
     problem_response,
     problem_responses,
 )
-from servicekit.runtime import NO_TELEMETRY, tune_gc_after_startup
+from servicekit.runtime import NO_TELEMETRY, operation_id, tune_gc_after_startup
 from servicekit.settings import ServiceSettings
 from servicekit.shutdown import install_graceful_shutdown
 
@@ -48,6 +48,7 @@ __all__ = [
     "install_graceful_shutdown",
     "install_problem_handlers",
     "install_servicekit",
+    "operation_id",
     "problem_response",
     "problem_responses",
     "tune_gc_after_startup",

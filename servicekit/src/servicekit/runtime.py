@@ -1,4 +1,4 @@
-"""Runtime settings for a long-running service process: GC tuning, telemetry off."""
+"""App-wide settings shared by the services: GC tuning, telemetry off, operation IDs."""
 
 import gc
 from collections.abc import AsyncIterator
@@ -6,11 +6,23 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
 
 # The services export no OpenTelemetry; FastAPI's per-request check for configured
 # providers cost ~5 % of a proxied request. Passed as `FastAPI(telemetry=NO_TELEMETRY)`.
 NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+
+
+def operation_id(route: APIRoute) -> str:
+    """The handler's name (`create_audit`, `list_models`) as its OpenAPI operationId, for
+    generated clients, instead of FastAPI's `create_audit_api_v1_audits_post`.
+
+    Passed as `FastAPI(generate_unique_id_function=operation_id)`; handler names are unique
+    across the public API (the gateway's merged document is checked for it).
+    """
+    return route.name
+
 
 # A request allocates hundreds of container objects: with the default threshold of 700
 # the collector ran several young collections per request and, every few hundred
