@@ -1,3 +1,4 @@
+import json
 import re
 from typing import Any
 
@@ -85,6 +86,9 @@ async def test_merged_document_covers_the_whole_public_api_and_is_valid() -> Non
     assert body_ref == "#/components/schemas/LlmItem"
     assert {"400", "413", "429", "502", "504"} <= set(create_llm["responses"])
     assert "429" not in paths["/api/v1/audits"]["post"]["responses"]
+    text = json.dumps(paths) + json.dumps(schemas)
+    for name in schemas:
+        assert f'"#/components/schemas/{name}"' in text, f"{name} is not used"
 
 
 async def test_services_down_leave_the_gateway_routes_and_are_picked_up_later() -> None:

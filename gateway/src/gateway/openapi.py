@@ -4,7 +4,7 @@ route of the services behind it, fetched from them and cached."""
 import asyncio
 import copy
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,35 @@ def merge_documents(
         tags.extend(tag for tag in document.get("tags", []) if tag["name"] not in known)
     if not tags:
         del merged["tags"]
+    _drop_unused_schemas(merged)
     return merged
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item)
+
+
+def _drop_unused_schemas(document: Document) -> None:
+    """Schemas only the services' internal routes used (their health checks) go."""
+    schemas: dict[str, Any] = document.get("components", {}).get("schemas", {})
+    prefix = "#/components/schemas/"
+    used: set[str] = set()
+    pending = list(_refs(document["paths"]))
+    while pending:
+        ref = pending.pop()
+        if ref.startswith(prefix) and ref not in used:
+            used.add(ref)
+            pending.extend(_refs(schemas.get(ref.removeprefix(prefix))))
+    for name in [name for name in schemas if prefix + name not in used]:
+        del schemas[name]
 
 
 def _with_gateway_errors(item: dict[str, Any], upstream: Upstream) -> dict[str, Any]:

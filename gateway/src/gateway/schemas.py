@@ -64,13 +64,14 @@ class GatewayReadiness(BaseModel):
 
 
 class MigrationState(BaseModel):
-    current: str | None
-    head: str | None
+    current: str | None = Field(description="Revision applied to the database (null: none).")
+    head: str | None = Field(description="Newest revision this build ships (null: unknown).")
     up_to_date: bool
 
 
 class DatabaseHealth(BaseModel):
-    """The audits service's database check, as that service reports it."""
+    """The audits service's database check, as that service reports it (the gateway does not
+    import the service, so this documents the same shape for the pass-through)."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -84,6 +85,8 @@ class DatabaseHealth(BaseModel):
         }
     )
 
-    status: str
-    latency_ms: float
+    status: Literal["ok", "degraded"] = Field(
+        description="`ok`: reachable and migrated to head; `degraded`: reachable, not at head."
+    )
+    latency_ms: float = Field(description="Time to obtain a connection and run `SELECT 1`.")
     migration: MigrationState
