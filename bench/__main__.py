@@ -54,6 +54,14 @@ def main() -> int:
     parser.add_argument("--list", action="store_true", help="list the rows and exit")
     parser.add_argument("--python-client", action="store_true", help="do not use wrk")
     parser.add_argument("--keep", action="store_true", help="keep the work dir and its logs")
+    parser.add_argument(
+        "--results",
+        # Resolved now: the run changes into its own work dir.
+        type=lambda value: Path(value).resolve(),
+        default=None,
+        metavar="DIR",
+        help="where latest.md and latest.json go (default: bench/results)",
+    )
     args = parser.parse_args()
     if args.list:
         for key, _, title in ROWS:
@@ -117,8 +125,8 @@ def main() -> int:
     print(table)
     print()
     print(footer)
-    results = stack.root / "bench" / "results"
-    results.mkdir(exist_ok=True)
+    results = args.results or stack.root / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
     (results / "latest.md").write_text(table + "\n\n" + footer + "\n")
     (results / "latest.json").write_text(json.dumps([asdict(row) for row in rows], indent=2))
     return 1 if any(row.verdict in ("FAIL", "ERROR") for row in rows) else 0
