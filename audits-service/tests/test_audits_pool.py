@@ -34,12 +34,12 @@ async def test_a_waiting_request_is_not_overtaken_by_one_that_comes_back(
     holder_done = asyncio.Event()
 
     async def use(name: str) -> None:
-        async with sessions.open(transaction=False) as session:
+        async with sessions.open() as session:
             await session.execute(text("SELECT 1"))
             admitted.append(name)
 
     async def holder() -> None:
-        async with sessions.open(transaction=False) as session:
+        async with sessions.open() as session:
             await session.execute(text("SELECT 1"))
             admitted.append("holder")
             waiter_task = asyncio.create_task(use("waiter"))
@@ -58,14 +58,14 @@ async def test_a_waiting_request_is_not_overtaken_by_one_that_comes_back(
 async def test_no_free_connection_within_the_pool_timeout_is_database_unavailable(
     sessions: Sessions,
 ) -> None:
-    async with sessions.open(transaction=False) as session:
+    async with sessions.open() as session:
         await session.execute(text("SELECT 1"))
         started = time.monotonic()
         with pytest.raises(DatabaseUnavailable):
-            async with sessions.open(transaction=False):
+            async with sessions.open():
                 pass
         waited = time.monotonic() - started
 
     assert POOL_TIMEOUT * 0.9 <= waited < POOL_TIMEOUT + 2.0
-    async with sessions.open(transaction=False) as session:
+    async with sessions.open() as session:
         assert (await session.execute(text("SELECT 1"))).scalar_one() == 1

@@ -103,10 +103,8 @@ class Sessions:
         self._wait = settings.db_pool_timeout
 
     @asynccontextmanager
-    async def open(self, *, transaction: bool) -> AsyncIterator[AsyncSession]:
-        """`transaction=True` makes every statement up to `commit()` one READ COMMITTED
-        transaction instead of autocommitting each (it checks the connection out at once).
-        """
+    async def open(self) -> AsyncIterator[AsyncSession]:
+        """A session in autocommit mode until it asks for another isolation level."""
         try:
             async with asyncio.timeout(self._wait):
                 await self._admission.acquire()
@@ -116,10 +114,6 @@ class Sessions:
             ) from None
         try:
             async with self._sessionmaker() as session:
-                if transaction:
-                    await session.connection(
-                        execution_options={"isolation_level": "READ COMMITTED"}
-                    )
                 yield session
         except Exception as exc:
             if is_unavailable(exc):
@@ -131,7 +125,7 @@ class Sessions:
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     sessions: Sessions = request.state.sessions
-    async with sessions.open(transaction=False) as session:
+    async with sessions.open() as session:
         yield session
 
 

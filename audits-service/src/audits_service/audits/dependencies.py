@@ -1,23 +1,16 @@
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from audits_service.audits.constants import IDEMPOTENCY_KEY_HEADER, IDEMPOTENCY_KEY_MAX_LENGTH
 from audits_service.config import Settings
-from audits_service.database import Sessions
 
 
-# Dependencies are `async def` even without awaiting: FastAPI runs a plain `def` one in a
-# worker thread, a hop that cost ~10 % of a POST.
-async def get_settings(request: Request) -> Settings:
+# `async def` even without awaiting: FastAPI runs a plain `def` dependency in a worker
+# thread, a hop that cost ~10 % of a POST.
+async def get_idempotency_ttl(request: Request) -> timedelta:
     settings: Settings = request.state.settings
-    return settings
-
-
-async def get_idempotency_ttl(settings: Annotated[Settings, Depends(get_settings)]) -> timedelta:
     return timedelta(seconds=settings.idempotency_ttl)
 
 
@@ -41,23 +34,3 @@ IdempotencyKeyHeader = Annotated[
         examples=["8e03978e-40d5-43e8-bc93-6894a57f9324"],
     ),
 ]
-
-
-async def get_idempotency_key(idempotency_key: IdempotencyKeyHeader = None) -> str | None:
-    return idempotency_key
-
-
-# One declaration of the header, shared (and validated once) by the route and the session.
-IdempotencyKeyDep = Annotated[str | None, Depends(get_idempotency_key)]
-
-
-async def get_create_session(
-    request: Request, idempotency_key: IdempotencyKeyDep
-) -> AsyncIterator[AsyncSession]:
-    """An idempotent create writes two rows atomically; a plain one is a single statement."""
-    sessions: Sessions = request.state.sessions
-    async with sessions.open(transaction=idempotency_key is not None) as session:
-        yield session
-
-
-CreateSessionDep = Annotated[AsyncSession, Depends(get_create_session)]

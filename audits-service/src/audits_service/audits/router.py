@@ -5,11 +5,7 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from audits_service.audits import service
 from audits_service.audits.constants import IDEMPOTENT_REPLAYED_HEADER
-from audits_service.audits.dependencies import (
-    CreateSessionDep,
-    IdempotencyKeyDep,
-    IdempotencyTtlDep,
-)
+from audits_service.audits.dependencies import IdempotencyKeyHeader, IdempotencyTtlDep
 from audits_service.audits.schemas import (
     AuditListParams,
     AuditRecordCreate,
@@ -49,11 +45,11 @@ AuditId = Annotated[UUID, Path(description="The record's id.")]
 )
 async def create_audit(
     body: AuditRecordCreate,
-    session: CreateSessionDep,
+    session: SessionDep,
     request: Request,
     response: Response,
     ttl: IdempotencyTtlDep,
-    idempotency_key: IdempotencyKeyDep,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> AuditRecordResponse:
     request_id = current_request_id() or ""
     if idempotency_key is None:

@@ -74,12 +74,13 @@ async def create_audit_idempotent(
 ) -> tuple[AuditRecordResponse, bool]:
     """Create once per key; a repeat gets the first response back. Returns (record, replayed).
 
-    `session` must be in a transaction (`Sessions.open(transaction=True)`).
-
-    A transaction-scoped advisory lock on the key makes a concurrent repeat fail fast
-    (409) instead of waiting, and the key row is committed in the same transaction as
-    the record, so either both exist or neither does, whichever replica served it.
+    Both rows are written in one READ COMMITTED transaction (`session` must not have run a
+    statement yet: it would be in autocommit mode). A transaction-scoped advisory lock on
+    the key makes a concurrent repeat fail fast (409) instead of waiting, and the key row is
+    committed in the same transaction as the record, so either both exist or neither does,
+    whichever replica served it.
     """
+    await session.connection(execution_options={"isolation_level": "READ COMMITTED"})
     digest = fingerprint(data)
     lock = func.pg_try_advisory_xact_lock(func.hashtextextended(key, _IDEMPOTENCY_LOCK_SEED))
     if not await session.scalar(select(lock)):
