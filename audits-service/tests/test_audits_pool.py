@@ -1,71 +1,113 @@
-"""Admission to the connection pool: first come, first served, and bounded by DB_POOL_TIMEOUT."""
+"""The connection pool: first come, first served, bounded by DB_POOL_TIMEOUT, and never in
+the way of a request that needs no database."""
 
 import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
-from sqlalchemy import text
+from alembic import command
+from audits_testkit import AUDITS, alembic_config, app_client, record
+from sqlalchemy import event, text
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from audits_service.config import Settings
-from audits_service.database import DatabaseUnavailable, Sessions, create_engine
+from audits_service.database import create_engine
+from audits_service.main import create_app
+from devstack.checks import assert_problem
 
 POOL_TIMEOUT = 0.5
 
 
-@pytest.fixture
-async def sessions(audits_database_url: str) -> AsyncIterator[Sessions]:
-    """One connection in all, so every other session has to wait for it."""
-    settings = Settings(
-        database_url=audits_database_url,
+def one_connection(database_url: str) -> Settings:
+    """A pool of one connection, so that every other checkout has to wait for it."""
+    return Settings(
+        database_url=database_url,
         db_pool_size=1,
         db_max_overflow=0,
         db_pool_timeout=POOL_TIMEOUT,
+        log_level="WARNING",
     )
-    engine = create_engine(settings)
-    yield Sessions(engine, settings)
+
+
+@pytest.fixture
+async def engine(audits_database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(one_connection(audits_database_url))
+    yield engine
     await engine.dispose()
 
 
-async def test_a_waiting_request_is_not_overtaken_by_one_that_comes_back(
-    sessions: Sessions,
-) -> None:
-    admitted: list[str] = []
-    holder_done = asyncio.Event()
+async def test_a_waiting_checkout_is_not_overtaken_by_a_newcomer(engine: AsyncEngine) -> None:
+    served: list[str] = []
+    newcomers: list[asyncio.Task[None]] = []
 
     async def use(name: str) -> None:
-        async with sessions.open() as session:
-            await session.execute(text("SELECT 1"))
-            admitted.append(name)
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+            served.append(name)
 
-    async def holder() -> None:
-        async with sessions.open() as session:
-            await session.execute(text("SELECT 1"))
-            admitted.append("holder")
-            waiter_task = asyncio.create_task(use("waiter"))
-            await asyncio.sleep(0.05)  # the waiter is now queued for the connection
-        # Back at once, without yielding to the loop first: it must queue behind the waiter.
-        await use("holder again")
-        await waiter_task
-        holder_done.set()
+    def newcomer_arrives(*_: object) -> None:
+        # Runs as the connection is being returned: the newcomer's first step is scheduled
+        # before the waiter's wake-up, so it asks for the connection first. The stock pool
+        # hands it over at once, and the waiter goes back to the end of the queue
+        # (sqlalchemy#7679).
+        if not newcomers:
+            newcomers.append(asyncio.get_running_loop().create_task(use("newcomer")))
 
-    await asyncio.wait_for(holder(), timeout=10)
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
+        served.append("holder")
+        waiter = asyncio.create_task(use("waiter"))
+        await asyncio.sleep(0.05)  # the waiter is now queued for the connection
+        event.listen(engine.sync_engine.pool, "checkin", newcomer_arrives)
+    await asyncio.wait_for(asyncio.gather(waiter, *newcomers), timeout=10)
 
-    assert holder_done.is_set()
-    assert admitted == ["holder", "waiter", "holder again"]
+    assert served == ["holder", "waiter", "newcomer"]
 
 
-async def test_no_free_connection_within_the_pool_timeout_is_database_unavailable(
-    sessions: Sessions,
+async def test_no_free_connection_within_the_pool_timeout_is_a_pool_timeout(
+    engine: AsyncEngine,
 ) -> None:
-    async with sessions.open() as session:
-        await session.execute(text("SELECT 1"))
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
         started = time.monotonic()
-        with pytest.raises(DatabaseUnavailable):
-            async with sessions.open():
+        with pytest.raises(PoolTimeoutError):
+            async with engine.connect():
                 pass
         waited = time.monotonic() - started
 
-    assert POOL_TIMEOUT * 0.9 <= waited < POOL_TIMEOUT + 2.0
-    async with sessions.open() as session:
-        assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
+    assert POOL_TIMEOUT * 0.9 <= waited < POOL_TIMEOUT + 1.0
+    async with engine.connect() as connection:
+        assert (await connection.execute(text("SELECT 1"))).scalar_one() == 1
+
+
+async def test_with_every_connection_busy_invalid_input_is_422_at_once_and_reads_wait(
+    fresh_database_url: str,
+) -> None:
+    # Alembic's env runs its own event loop.
+    await asyncio.to_thread(command.upgrade, alembic_config(fresh_database_url), "head")
+    # Another client locks the table: a read then holds the app's only connection.
+    blocker = await asyncpg.connect(fresh_database_url)
+    try:
+        async with app_client(create_app(one_connection(fresh_database_url))) as client:
+            lock = blocker.transaction()
+            await lock.start()
+            await blocker.execute("LOCK TABLE audit_record IN ACCESS EXCLUSIVE MODE")
+            read = asyncio.create_task(client.get(AUDITS))
+            await asyncio.sleep(0.2)
+
+            started = time.monotonic()
+            invalid = await client.post(AUDITS, json=record(action="fly"))
+            refused_in = time.monotonic() - started
+            waiting = await client.get(AUDITS)
+
+            await lock.rollback()
+            assert (await read).status_code == 200
+    finally:
+        await blocker.close()
+
+    assert_problem(invalid, 422, "validation_error")
+    assert refused_in < POOL_TIMEOUT / 2
+    assert_problem(waiting, 503, "database_unavailable")

@@ -7,13 +7,13 @@ from typing import TypedDict
 
 from fastapi import FastAPI
 from loguru import logger
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from audits_service import __version__
 from audits_service.audits.router import router as audits_router
 from audits_service.audits.service import purge_expired_keys
 from audits_service.config import Settings
-from audits_service.database import Sessions, create_engine
+from audits_service.database import create_engine, create_sessionmaker
 from audits_service.health import database_ready, migration_head
 from audits_service.health import router as database_health_router
 from servicekit import (
@@ -31,7 +31,7 @@ PURGE_INTERVAL = 600.0
 class State(TypedDict):
     settings: Settings
     engine: AsyncEngine
-    sessions: Sessions
+    sessionmaker: async_sessionmaker[AsyncSession]
     migration_head: str | None
 
 
@@ -62,7 +62,7 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
         yield {
             "settings": settings,
             "engine": engine,
-            "sessions": Sessions(engine, settings),
+            "sessionmaker": create_sessionmaker(engine),
             "migration_head": head,
         }
     finally:

@@ -32,7 +32,6 @@ DOCS_ASSETS_URL = "/docs/assets"
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 _GATEWAY_ERRORS = {
-    "400": "Refused path (dot segments, encoded slashes)",
     "502": "The service behind the gateway cannot be reached",
     "504": "The service behind the gateway did not answer in time",
 }
@@ -109,10 +108,12 @@ def _refs(node: Any) -> Iterator[str]:
 
 def _drop_unused_schemas(document: Document) -> None:
     """Schemas only the services' internal routes used (their health checks) go."""
-    schemas: dict[str, Any] = document.get("components", {}).get("schemas", {})
+    components: dict[str, Any] = document.get("components", {})
+    schemas: dict[str, Any] = components.get("schemas", {})
     prefix = "#/components/schemas/"
     used: set[str] = set()
-    pending = list(_refs(document["paths"]))
+    # Everything but the schemas themselves may refer to one: paths, other components.
+    pending = list(_refs({**document, "components": {**components, "schemas": {}}}))
     while pending:
         ref = pending.pop()
         if ref.startswith(prefix) and ref not in used:
