@@ -73,6 +73,7 @@ BODY_CASES = {
     "xml": (AUDITS, b"<audit/>", {"content-type": "application/xml"}),
 }
 EXPECTED_BODY_STATUS = {
+    "invalid-utf8": (422,),
     "text-plain": (415,),
     "form-urlencoded-chat": (415,),
     "xml": (415,),

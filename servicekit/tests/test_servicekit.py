@@ -136,6 +136,16 @@ async def test_malformed_json_is_a_422_problem(client: httpx.AsyncClient) -> Non
     assert_problem(response, 422, "validation_error")
 
 
+async def test_a_body_that_is_not_utf8_is_malformed_json_too(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/things", content=b'{"name": "\xff\xfe"}', headers={"content-type": "application/json"}
+    )
+    body = assert_problem(response, 422, "validation_error")
+    assert body["errors"] == [
+        {"loc": ["body"], "message": "The body is not UTF-8, so not JSON.", "type": "json_invalid"}
+    ]
+
+
 async def test_unhandled_error_is_a_bland_500(
     client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -188,8 +188,23 @@ async def _validation_error_handler(request: Request, exc: Exception) -> Respons
     )
 
 
+_NOT_UTF8 = "The body is not UTF-8, so not JSON."
+
+
 async def _http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        # FastAPI answers a body that is not UTF-8 with its own 400 ("error parsing the
+        # body"); it is malformed JSON like any other, so the same 422.
+        issue = {"loc": ["body"], "message": _NOT_UTF8, "type": "json_invalid"}
+        return problem_response(
+            422,
+            "validation_error",
+            "Validation Error",
+            f"body: {_NOT_UTF8}",
+            request.url.path,
+            errors=[issue],
+        )
     code = _CODES_BY_STATUS.get(exc.status_code, "http_error")
     detail = exc.detail if isinstance(exc.detail, str) else None
     if exc.status_code == 404 and detail == "Not Found":
