@@ -177,7 +177,7 @@ async def _wire_failure(
             return response, 422, "validation_error"
         if case == "undecodable_body":
             response = await client.post(WIRE, content=b"\x1a\x88\xff", headers=_JSON)
-            return response, 400, "bad_request"
+            return response, 422, "validation_error"
         if case == "not_declared_json":
             response = await client.post(
                 WIRE, content=b"{}", headers={"content-type": "text/plain"}
