@@ -84,7 +84,9 @@ async def create_audit_idempotent(
     digest = fingerprint(data)
     lock = func.pg_try_advisory_xact_lock(func.hashtextextended(key, _IDEMPOTENCY_LOCK_SEED))
     if not await session.scalar(select(lock)):
-        raise IdempotencyInProgress
+        raise IdempotencyInProgress(
+            "A request with this Idempotency-Key is still being processed; retry when it is done."
+        )
     stored = (
         await session.execute(
             select(idempotency_key.c.fingerprint, idempotency_key.c.response).where(
