@@ -15,10 +15,10 @@ import uvicorn
 from openapi_spec_validator import validate
 from starlette.types import Message, Receive, Scope, Send
 
-from devstack.checks import assert_problem
 from devstack.openai_standin import OpenAIStandin
 from devstack.postgres import free_port
 from devstack.processes import ServiceProcess
+from testkit.checks import assert_problem
 from tests.e2e_stack import STANDIN_API_KEY, Stack, StartService, gateway_env, llm_env, wait_ready
 
 TWO_MIB = 2 * 1024 * 1024

@@ -9,7 +9,7 @@ import httpx
 from alembic.config import Config
 from fastapi import FastAPI
 
-from devstack.asgi import lifespan_client
+from testkit.asgi import lifespan_client
 
 Record = dict[str, Any]
 Params = dict[str, str | int]

@@ -10,8 +10,8 @@ from audits_testkit import AUDITS, app_client, record
 from audits_service.audits.constants import AuditAction, AuditStatus
 from audits_service.config import Settings
 from audits_service.main import create_app
-from devstack.checks import assert_problem
 from devstack.postgres import free_port
+from testkit.checks import assert_problem
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -8,9 +8,9 @@ import pytest
 from alembic import command
 from audits_testkit import AUDITS, alembic_config, record
 
-from devstack.checks import assert_problem
 from devstack.postgres import EmbeddedPostgres, free_port
 from devstack.processes import ServiceProcess
+from testkit.checks import assert_problem
 
 
 @pytest.fixture(scope="module")

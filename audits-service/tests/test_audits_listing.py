@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from audits_service.audits.models import audit_record, uuid7
 from audits_service.config import Settings
-from devstack.checks import assert_problem
+from testkit.checks import assert_problem
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -17,9 +17,9 @@ import pytest
 from alembic import command
 from audits_testkit import AUDITS, alembic_config, record
 
-from devstack.checks import assert_problem
 from devstack.postgres import EmbeddedPostgres
 from devstack.processes import ServiceProcess
+from testkit.checks import assert_problem
 
 POOL_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 2.0

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from audits_service.config import Settings
 from audits_service.database import create_engine
 from audits_service.main import create_app
-from devstack.checks import assert_problem
+from testkit.checks import assert_problem
 
 POOL_TIMEOUT = 0.5
 

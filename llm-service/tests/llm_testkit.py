@@ -6,10 +6,10 @@ from typing import Any
 
 import httpx
 
-from devstack.asgi import lifespan_client
 from devstack.openai_standin import OpenAIStandin
 from llm_service.config import Settings
 from llm_service.main import create_app
+from testkit.asgi import lifespan_client
 
 API_KEY = "sk-test-0123456789abcdefSECRET"
 

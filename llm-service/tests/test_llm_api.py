@@ -8,8 +8,8 @@ import orjson
 import pytest
 from llm_testkit import API_KEY, ClientFactory, chat_body
 
-from devstack.checks import assert_problem
 from devstack.openai_standin import Fault, OpenAIStandin
+from testkit.checks import assert_problem
 
 CHAT = "/api/v1/openai/chat"
 WIRE = "/api/v1/openai/v1/chat/completions"

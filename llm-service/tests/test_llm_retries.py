@@ -10,10 +10,10 @@ import orjson
 import pytest
 from llm_testkit import ClientFactory, chat_body, sse_events
 
-from devstack.checks import assert_problem
 from devstack.openai_standin import Fault, OpenAIStandin
 from llm_service.chat.exceptions import UpstreamStatusError
 from llm_service.chat.retry import retry_after
+from testkit.checks import assert_problem
 
 REPLY = "Hello! This is the OpenAI stand-in speaking."
 

@@ -6,7 +6,6 @@ import pytest
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel
 
-from devstack.checks import assert_problem
 from servicekit import (
     ReadinessCheck,
     ServiceError,
@@ -14,6 +13,7 @@ from servicekit import (
     health_router,
     install_servicekit,
 )
+from testkit.checks import assert_problem
 
 
 class Thing(BaseModel):

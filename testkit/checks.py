@@ -8,7 +8,7 @@ PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance", "code", "requ
 
 
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """`response` is the RFC 9457 problem of SPEC §3 with this status and code."""
+    """`response` is an RFC 9457 problem document with all our members, this status and code."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/problem+json", response.text
     body: dict[str, Any] = response.json()

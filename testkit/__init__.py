@@ -1,0 +1,1 @@
+"""Helpers every test suite shares: an in-process app client and problem-document checks."""
