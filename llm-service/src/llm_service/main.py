@@ -9,8 +9,11 @@ from loguru import logger
 from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
 from llm_service import __version__
+from llm_service.chat.guards import Guards
 from llm_service.chat.router import router as chat_router
-from llm_service.chat.service import ChatService, KeyStatus, check_key
+from llm_service.chat.service import ChatService
+from llm_service.chat.upstream import KeyStatus, UpstreamClient, check_key
+from llm_service.chat.wire import WireService
 from llm_service.config import Settings
 from servicekit import (
     NO_TELEMETRY,
@@ -24,6 +27,7 @@ from servicekit import (
 
 class State(TypedDict):
     chat: ChatService | None
+    wire: WireService | None
     key_status: KeyStatus
 
 
@@ -32,10 +36,10 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
     install_graceful_shutdown(app, settings.shutdown_drain_seconds)
     if settings.openai_api_key is None:
         logger.warning("OPENAI_API_KEY is not set: the service is not ready and answers 503")
-        yield {"chat": None, "key_status": KeyStatus.MISSING}
+        yield {"chat": None, "wire": None, "key_status": KeyStatus.MISSING}
         return
     # The one client (and connection pool) of this process; retries belong to
-    # ChatService's policy alone.
+    # UpstreamClient's policy alone.
     http = DefaultAsyncHttpxClient(timeout=settings.openai_timeout)
     client = AsyncOpenAI(
         api_key=settings.openai_api_key.get_secret_value(),
@@ -48,7 +52,12 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
         status = KeyStatus.UNCHECKED
         if settings.openai_validate_on_startup:
             status = await check_key(client, settings)
-        yield {"chat": ChatService(client, http, settings), "key_status": status}
+        upstream, guards = UpstreamClient(client, http, settings), Guards(settings)
+        yield {
+            "chat": ChatService(upstream, guards),
+            "wire": WireService(upstream, guards),
+            "key_status": status,
+        }
     finally:
         await client.close()
 
@@ -85,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_servicekit(app, service="llm", settings=settings)
     if settings.log_level.upper() != "DEBUG":
-        # ChatService logs each upstream call once; httpx2 would add a line per attempt.
+        # UpstreamCall logs each upstream call once; httpx2 would add a line per attempt.
         logging.getLogger("httpx2").setLevel(logging.WARNING)
     app.include_router(health_router("llm", ready=ready))
     app.include_router(chat_router, prefix="/api/v1")

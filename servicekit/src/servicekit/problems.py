@@ -79,6 +79,7 @@ class ServiceError(Exception):
     status: int = 500
     code: str = "internal_error"
     title: str = "Internal Server Error"
+    errors: Sequence[Mapping[str, Any]] | None = None
 
     def __init__(self, detail: str | None = None, *, headers: Mapping[str, str] | None = None):
         super().__init__(detail or self.title)
@@ -158,7 +159,13 @@ def validation_issues(exc: RequestValidationError) -> list[dict[str, Any]]:
 async def _service_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
     return problem_response(
-        exc.status, exc.code, exc.title, exc.detail, request.url.path, headers=exc.headers
+        exc.status,
+        exc.code,
+        exc.title,
+        exc.detail,
+        request.url.path,
+        errors=exc.errors,
+        headers=exc.headers,
     )
 
 

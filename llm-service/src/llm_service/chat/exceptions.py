@@ -1,4 +1,4 @@
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx2
@@ -69,3 +69,16 @@ def openai_error(problem: Mapping[str, Any]) -> dict[str, Any]:
         "param": ".".join(loc) or None,
         "code": problem["code"],
     }
+
+
+class InvalidChatRequest(ServiceError):
+    """A request the schema accepts but the service's guards do not (model, token cap);
+    answered like any validation error, one issue per offending field."""
+
+    status, code, title = 422, "validation_error", "Validation Error"
+
+    def __init__(self, issues: Sequence[tuple[Sequence[str], str, str]]) -> None:
+        self.errors = [
+            {"loc": list(loc), "message": message, "type": kind} for loc, message, kind in issues
+        ]
+        super().__init__("; ".join(f"{'.'.join(loc)}: {message}" for loc, message, _ in issues))

@@ -1,4 +1,4 @@
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -8,7 +8,8 @@ from fastapi.responses import Response, StreamingResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
-from llm_service.chat.dependencies import ChatServiceDep
+from llm_service.chat import sse
+from llm_service.chat.dependencies import ChatServiceDep, WireServiceDep
 from llm_service.chat.exceptions import openai_error
 from llm_service.chat.schemas import (
     ChatRequest,
@@ -82,6 +83,14 @@ def _sse_doc(description: str, example: str) -> dict[str, Any]:
     }
 
 
+def _event_stream(
+    events: AsyncGenerator[bytes, None], request: Request, *, openai: bool
+) -> StreamingResponse:
+    """A failure after the stream began becomes its last event, a problem for this request."""
+    body = sse.ending_in_error_event(events, request.url.path, openai=openai)
+    return StreamingResponse(body, media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
 _CHAT_STREAM = _sse_doc(
     f"With `stream: true`: one `data:` event per delta ({ChatStreamDelta.__name__}: "
     f"`id`, `model`, `delta`), then one with `finish_reason` and `usage` "
@@ -119,8 +128,7 @@ async def chat(
     body: ChatRequest, service: ChatServiceDep, request: Request
 ) -> ChatResponse | Response:
     if body.stream:
-        events = await service.chat_stream(body, request.url.path)
-        return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
+        return _event_stream(await service.chat_stream(body), request, openai=False)
     return await service.chat(body)
 
 
@@ -144,13 +152,12 @@ async def chat(
     },
 )
 async def chat_completions(
-    body: WireChatRequest, service: ChatServiceDep, request: Request
+    body: WireChatRequest, service: WireServiceDep, request: Request
 ) -> Response:
     raw = await request.body()
     if body.stream:
-        chunks = await service.wire_stream(body, raw, request.url.path)
-        return StreamingResponse(chunks, media_type="text/event-stream", headers=_SSE_HEADERS)
-    return Response(await service.wire_completion(body, raw), media_type="application/json")
+        return _event_stream(await service.stream(body, raw), request, openai=True)
+    return Response(await service.completion(body, raw), media_type="application/json")
 
 
 @wire_router.get(
@@ -158,7 +165,7 @@ async def chat_completions(
     summary="OpenAI-compatible list of the allowlisted models",
     responses=_wire_problems(503),
 )
-async def list_models(service: ChatServiceDep) -> WireModelList:
+async def list_models(service: WireServiceDep) -> WireModelList:
     return service.models()
 
 
@@ -168,7 +175,7 @@ async def list_models(service: ChatServiceDep) -> WireModelList:
     # 422 listed so that FastAPI's default one (HTTPValidationError) is not: no id fails it.
     responses=_wire_problems(404, 422, 503),
 )
-async def retrieve_model(model_id: str, service: ChatServiceDep) -> WireModel:
+async def retrieve_model(model_id: str, service: WireServiceDep) -> WireModel:
     return service.model(model_id)
 
 

@@ -1,0 +1,86 @@
+"""Server-sent events, both ways: reading the upstream's, writing ours."""
+
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
+from typing import Any
+
+import orjson
+
+from llm_service.chat.exceptions import MalformedUpstreamResponse, openai_error
+from servicekit import ServiceError
+from servicekit.problems import problem_body
+
+DONE = b"data: [DONE]\n\n"
+
+
+def data_event(data: Mapping[str, Any]) -> bytes:
+    return b"data: %b\n\n" % orjson.dumps(data)
+
+
+def end_of_events(buffer: bytes) -> int:
+    """Where the last complete event in `buffer` ends (0: none yet)."""
+    lf = buffer.rfind(b"\n\n")
+    crlf = buffer.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+def split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """The `data` of each complete event in `buffer`, and the incomplete rest."""
+    if b"\r" in buffer:
+        buffer = buffer.replace(b"\r\n", b"\n")
+    *blocks, rest = buffer.split(b"\n\n")
+    events = []
+    for block in blocks:
+        lines = [line[5:].lstrip(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
+        if lines:
+            events.append(b"\n".join(lines))
+    return events, rest
+
+
+def parse_event(data: bytes) -> dict[str, Any]:
+    """One upstream event's JSON object; an `error` object in it is a failure."""
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise MalformedUpstreamResponse("a stream event is not JSON") from None
+    if not isinstance(parsed, dict):
+        raise MalformedUpstreamResponse("a stream event is not an object")
+    if isinstance(parsed.get("error"), dict):
+        raise MalformedUpstreamResponse("the upstream reported an error mid-stream")
+    return parsed
+
+
+def find_usage(tail: bytes) -> dict[str, Any] | None:
+    """The `usage` of the last event in `tail` that has one, without parsing every event."""
+    at = tail.rfind(b'"usage":{')
+    if at < 0:
+        return None
+    start = tail.rfind(b"data:", 0, at)
+    end = tail.find(b"\n", at)
+    try:
+        usage = orjson.loads(tail[start + 5 : end if end >= 0 else None]).get("usage")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return usage if isinstance(usage, dict) else None
+
+
+def error_event(error: ServiceError, instance: str, *, openai: bool) -> bytes:
+    """An `error` event whose data is the problem document for `error`."""
+    body = problem_body(error.status, error.code, error.title, error.detail, instance)
+    if openai:
+        # The openai SDK raises an APIError for an event whose data has an `error` object.
+        body["error"] = openai_error(body)
+    return b"event: error\ndata: %b\n\n" % orjson.dumps(body)
+
+
+async def ending_in_error_event(
+    events: AsyncGenerator[bytes, None], instance: str, *, openai: bool
+) -> AsyncIterator[bytes]:
+    """`events`; a `ServiceError` they raise once the response began ends them as an
+    `error` event, the only way left to tell the client."""
+    async with aclosing(events):
+        try:
+            async for event in events:
+                yield event
+        except ServiceError as error:
+            yield error_event(error, instance, openai=openai)

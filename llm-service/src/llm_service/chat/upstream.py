@@ -1,0 +1,223 @@
+"""The upstream client: OpenAI's chat completions, each call retried by one policy, and what
+went wrong upstream translated into the error the client sees."""
+
+import contextlib
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import httpx2
+import orjson
+from loguru import logger
+from openai import APIError, AsyncOpenAI, AuthenticationError, PermissionDeniedError
+
+from llm_service.chat.constants import KEY_CHECK_TIMEOUT
+from llm_service.chat.exceptions import (
+    MalformedUpstreamResponse,
+    UpstreamAuthFailed,
+    UpstreamBadRequest,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
+from llm_service.chat.retry import UPSTREAM_FAILURES, retry_after, retry_policy
+from llm_service.config import Settings
+from servicekit import ServiceError
+
+_SECRET_LIKE = re.compile(r"\b(?:sk|sess)-[A-Za-z0-9_\-*.]{8,}")
+
+
+class KeyStatus(StrEnum):
+    MISSING = "missing"
+    UNCHECKED = "unchecked"
+    VALID = "valid"
+    REJECTED = "rejected"
+    UNVERIFIED = "unverified"
+
+
+async def check_key(client: AsyncOpenAI, settings: Settings) -> KeyStatus:
+    """Ask the upstream once whether it accepts the key; never raises."""
+    try:
+        await client.models.list(timeout=min(settings.openai_timeout, KEY_CHECK_TIMEOUT))
+    except (AuthenticationError, PermissionDeniedError):
+        logger.error("OPENAI_API_KEY was rejected by the upstream API; readiness reports 503")
+        return KeyStatus.REJECTED
+    except APIError as exc:
+        logger.warning("could not check OPENAI_API_KEY at start-up", reason=type(exc).__name__)
+        return KeyStatus.UNVERIFIED
+    logger.info("OPENAI_API_KEY accepted by the upstream API")
+    return KeyStatus.VALID
+
+
+@dataclass(slots=True)
+class UpstreamCall:
+    """One upstream call (all its attempts), reported as one log line."""
+
+    route: str
+    model: str
+    stream: bool
+    attempts: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def log(self, outcome: str, usage: Mapping[str, Any] | None = None) -> None:
+        usage = usage or {}
+        logger.info(
+            "upstream call",
+            route=self.route,
+            model=self.model,
+            stream=self.stream,
+            attempts=self.attempts,
+            latency_ms=round((time.perf_counter() - self.started) * 1000, 2),
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            total_tokens=usage.get("total_tokens"),
+            outcome=outcome,
+        )
+
+
+class OpenStream:
+    """An upstream stream whose first bytes have arrived."""
+
+    def __init__(self, response: httpx2.Response, chunks: AsyncIterator[bytes], first: bytes):
+        self._response = response
+        self._chunks = chunks
+        self._pending = first
+
+    async def read(self) -> bytes:
+        """The next chunk of the body; `b""` at its end."""
+        chunk, self._pending = self._pending, b""
+        return chunk or await anext(self._chunks, b"")
+
+    async def drain(self) -> None:
+        """Read the body to its end so that its connection goes back to the pool; closed
+        early it is dropped, and the next stream pays a new TLS handshake."""
+        with contextlib.suppress(*UPSTREAM_FAILURES):
+            async for _ in self._chunks:
+                pass
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+class UpstreamClient:
+    """Chat completions upstream, with one retry policy around every call.
+
+    It sends our (already validated) JSON bytes through the SDK client's own pooled
+    transport, with its base URL, auth and default headers, and hands back the upstream's
+    bytes: the SDK's per-request machinery (option models, response parsing) would cost a
+    third of the service's CPU per call and bring nothing to a pass-through.
+    """
+
+    def __init__(self, client: AsyncOpenAI, http: httpx2.AsyncClient, settings: Settings) -> None:
+        self._http = http
+        self._url = f"{str(client.base_url).rstrip('/')}/chat/completions"
+        headers = {**client.default_headers, **client.auth_headers}
+        self._headers = {name: value for name, value in headers.items() if isinstance(value, str)}
+        self._settings = settings
+        policy = retry_policy(settings.openai_max_retries, settings.openai_retry_max_time)
+        self._complete_once = policy(self._complete_attempt)
+        self._open_once = policy(self._open_attempt)
+
+    async def complete(self, call: UpstreamCall, body: bytes) -> tuple[dict[str, Any], bytes]:
+        """The completion, parsed and as sent; raises the client's `ServiceError`."""
+        try:
+            return await self._complete_once(call, body)
+        except UPSTREAM_FAILURES as exc:
+            raise self.failed(call, exc) from None
+
+    async def open(self, call: UpstreamCall, body: bytes) -> OpenStream:
+        """The stream, retried until its first bytes arrive; raises the client's `ServiceError`."""
+        try:
+            return await self._open_once(call, body)
+        except UPSTREAM_FAILURES as exc:
+            raise self.failed(call, exc) from None
+
+    def failed(self, call: UpstreamCall, exc: Exception) -> ServiceError:
+        """The error the client sees for an upstream failure, logged as the call's outcome."""
+        error = self._translate(exc)
+        call.log(error.code)
+        return error
+
+    async def _send(self, body: bytes, *, stream: bool) -> httpx2.Response:
+        request = self._http.build_request("POST", self._url, content=body, headers=self._headers)
+        response = await self._http.send(request, stream=stream)
+        if response.status_code >= 400:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            raise UpstreamStatusError.from_response(response)
+        return response
+
+    async def _complete_attempt(
+        self, call: UpstreamCall, body: bytes
+    ) -> tuple[dict[str, Any], bytes]:
+        call.attempts += 1
+        content = (await self._send(body, stream=False)).content
+        try:
+            payload = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            raise MalformedUpstreamResponse("the completion is not JSON") from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+            raise MalformedUpstreamResponse("the completion has no choices")
+        return payload, content
+
+    async def _open_attempt(self, call: UpstreamCall, body: bytes) -> OpenStream:
+        """Open the stream and wait for its first bytes: until then a failure is retried."""
+        call.attempts += 1
+        response = await self._send(body, stream=True)
+        chunks = response.aiter_bytes()
+        try:
+            async for first in chunks:
+                if first:
+                    return OpenStream(response, chunks, first)
+        except BaseException:
+            await response.aclose()
+            raise
+        await response.aclose()
+        raise httpx2.RemoteProtocolError("the upstream ended the stream before its first chunk")
+
+    def _translate(self, exc: Exception) -> ServiceError:
+        if isinstance(exc, UpstreamStatusError):
+            return self._translate_status(exc)
+        if isinstance(exc, httpx2.TimeoutException):
+            return UpstreamTimeout(
+                f"The upstream API did not answer within {self._settings.openai_timeout:g} s."
+            )
+        if isinstance(exc, MalformedUpstreamResponse):
+            return UpstreamError(f"The upstream API sent a malformed response: {exc}.")
+        return UpstreamError("Could not reach the upstream API, or it dropped the connection.")
+
+    def _translate_status(self, exc: UpstreamStatusError) -> ServiceError:
+        """Our credentials are our problem (502), the request is the client's (400), a
+        rate limit is passed on (429, with a wait), and anything else is the upstream's."""
+        status = exc.status
+        if status in {401, 403}:
+            return UpstreamAuthFailed(
+                f"The upstream API rejected the service's API key (HTTP {status})."
+            )
+        if status == 429:
+            wait = max(1, math.ceil(retry_after(exc) or 1))
+            return UpstreamRateLimited(
+                f"The upstream API is rate limiting us; retry in {wait} s.",
+                headers={"Retry-After": str(wait)},
+            )
+        if status == 408:
+            return UpstreamTimeout("The upstream API timed out (HTTP 408).")
+        if status < 500 and status != 409:
+            return UpstreamBadRequest(self._upstream_message(exc))
+        return UpstreamError(f"The upstream API failed with HTTP {status}.")
+
+    def _upstream_message(self, exc: UpstreamStatusError) -> str:
+        message = exc.error.get("message")
+        if not isinstance(message, str) or not message:
+            return f"The upstream API rejected the request (HTTP {exc.status})."
+        key = self._settings.openai_api_key
+        if key is not None:
+            message = message.replace(key.get_secret_value(), "[redacted]")
+        return "Upstream: " + _SECRET_LIKE.sub("[redacted]", message)[:1000]
