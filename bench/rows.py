@@ -18,7 +18,7 @@ import psutil
 
 from bench.load import Load, LoadRunner, Target, paired, repeated
 from bench.report import Row, ms, pair_ms, rate
-from bench.stack import Skip, Stack, http_get, http_send, module_exists, wait_http
+from bench.stack import Skip, Stack, http_get, http_send, wait_http
 from bench.upstream import SLOW_STREAM_PATH
 from devstack.postgres import free_port
 
@@ -75,7 +75,7 @@ def judge(ok: bool, *loads: Load) -> tuple[str, str]:
 def expect(status: int, body: bytes, wanted: int, what: str) -> None:
     if status != wanted:
         snippet = body[:160].decode(errors="replace")
-        raise Skip(f"{what} answered {status}, not {wanted} (not there yet?): {snippet}")
+        raise Skip(f"{what} answered {status}, not {wanted}: {snippet}")
 
 
 def get_ok(url: str, what: str, timeout: float = 5.0) -> bytes:
@@ -173,8 +173,6 @@ class Bench:
         return self.stack.service(key, "audits", {"DATABASE_URL": url}).url
 
     def standin(self) -> str:
-        if not module_exists("devstack.openai_standin"):
-            raise Skip("devstack/openai_standin.py does not exist yet")
         port = free_port()
         command = [sys.executable, "-m", "devstack.openai_standin", "--port", str(port)]
         return self.stack.server("openai-standin", command, port, "/v1/models")
@@ -188,21 +186,12 @@ class Bench:
         return self.stack.service(key, "llm", env).url
 
     def gateway_real(self, key: str = "gateway") -> str:
-        """The gateway in front of the real audits and llm services (whichever exist)."""
+        """The gateway in front of the real audits and llm services."""
 
         def build() -> str:
-            dead = f"http://127.0.0.1:{free_port()}"
-            try:
-                audits = self.audits()
-            except Skip:
-                audits = dead
-            try:
-                llm = self.llm()
-            except Skip:
-                llm = dead
             env = {
-                "AUDITS_SERVICE_URL": audits,
-                "LLM_SERVICE_URL": llm,
+                "AUDITS_SERVICE_URL": self.audits(),
+                "LLM_SERVICE_URL": self.llm(),
                 "RATE_LIMIT_LLM_PER_MINUTE": "0",
             }
             return self.stack.service(key, "gateway", env).url
@@ -816,8 +805,6 @@ def memory_streams(bench: Bench) -> list[Row]:
 
 def cold_start(bench: Bench) -> list[Row]:
     """`make run` from a fresh data directory to the gateway's /health/ready answering 200."""
-    if not module_exists("gateway.main"):
-        raise Skip("gateway.main does not exist yet")
     root = bench.stack.root
     runs: list[float] = []
     home = bench.stack.workdir / "coldstart"

@@ -159,6 +159,21 @@ class EmbeddedPostgres:
         )
         return self.url_for(name)
 
+    def schema_sql(self, database_url: str) -> str:
+        """The schema of one database as `pg_dump --schema-only` writes it, minus comments
+        and the random key of pg_dump's `\\restrict` lines, so that two dumps compare."""
+        dump = subprocess.run(
+            [str(POSTGRES_BIN_PATH / "pg_dump"), "--schema-only", "--dbname", database_url],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        return "\n".join(
+            line
+            for line in dump.splitlines()
+            if line and not line.startswith(("--", "\\restrict", "\\unrestrict"))
+        )
+
 
 def _pid_alive(pid_file: Path) -> bool:
     try:

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from audits_service.config import normalise_database_url
 from audits_service.health import migration_head
+from devstack.postgres import EmbeddedPostgres
 
 
 def tables(url: str) -> set[str]:
@@ -40,14 +41,23 @@ def test_upgrade_downgrade_upgrade_and_no_drift(fresh_database_url: str) -> None
     assert {"audit_record", "idempotency_key"} <= tables(fresh_database_url)
 
 
-def test_each_step_is_reversible(fresh_database_url: str) -> None:
+def test_each_step_is_reversible(postgres: EmbeddedPostgres, fresh_database_url: str) -> None:
+    """Each downgrade restores the schema of the revision before it, and upgrading again
+    gives back the schema the first upgrade made."""
     config = alembic_config(fresh_database_url)
     script = ScriptDirectory.from_config(config)
     revisions = [rev.revision for rev in reversed(list(script.walk_revisions()))]
+    command.stamp(config, "base")  # the baseline holds alembic's own (empty) version table
+    previous = postgres.schema_sql(fresh_database_url)
     for revision in revisions:
         command.upgrade(config, revision)
+        upgraded = postgres.schema_sql(fresh_database_url)
+        assert upgraded != previous, f"{revision} changes nothing"
         command.downgrade(config, "-1")
+        assert postgres.schema_sql(fresh_database_url) == previous, f"{revision} downgrade"
         command.upgrade(config, revision)
+        assert postgres.schema_sql(fresh_database_url) == upgraded, f"{revision} re-upgrade"
+        previous = upgraded
 
 
 def test_revision_files_are_date_named() -> None:

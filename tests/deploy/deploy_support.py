@@ -154,11 +154,8 @@ def dockerfiles() -> dict[str, Dockerfile]:
     return {service: parse_dockerfile(REPO / service / "Dockerfile") for service in SERVICES}
 
 
-def settings_fields(package: str) -> dict[str, FieldInfo] | None:
-    """Variable -> field of a service's Settings, or None while its config.py does not exist."""
-    distribution = next(d for d, p in SERVICES.items() if p == package)
-    if not (REPO / distribution / "src" / package / "config.py").exists():
-        return None
+def settings_fields(package: str) -> dict[str, FieldInfo]:
+    """Variable -> field of a service's Settings."""
     settings = importlib.import_module(f"{package}.config").Settings
     assert issubclass(settings, BaseSettings)
     prefix = str(settings.model_config.get("env_prefix", ""))
@@ -169,10 +166,9 @@ def settings_fields(package: str) -> dict[str, FieldInfo] | None:
     return fields
 
 
-def settings_env_names(package: str) -> set[str] | None:
-    """The variables a service's Settings read, or None while its config.py does not exist."""
-    fields = settings_fields(package)
-    return None if fields is None else set(fields)
+def settings_env_names(package: str) -> set[str]:
+    """The variables a service's Settings read."""
+    return set(settings_fields(package))
 
 
 # --- .dockerignore --------------------------------------------------------------------------

@@ -1,41 +1,31 @@
-"""The audits API as clients use it: through the gateway, both as real uvicorn processes."""
+"""The audits half through the gateway, with real processes: what clients of the API see."""
 
 from collections.abc import Iterator
 from uuid import uuid4
 
 import httpx
 import pytest
-from alembic import command
-from audits_testkit import AUDITS, alembic_config, record
 
-from devstack.postgres import EmbeddedPostgres, free_port
-from devstack.processes import ServiceProcess
 from testkit.checks import assert_problem
+from tests.e2e_stack import Stack
+
+AUDITS = "/api/v1/audits"
+
+
+def record(**overrides: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "action": "login",
+        "actor": f"user-{uuid4()}",
+        "resource_type": "session",
+    }
+    body.update(overrides)
+    return body
 
 
 @pytest.fixture(scope="module")
-def gateway(postgres: EmbeddedPostgres) -> Iterator[httpx.Client]:
-    url = postgres.create_database(f"audits_gateway_{uuid4().hex[:8]}")
-    command.upgrade(alembic_config(url), "head")
-    audits = ServiceProcess("audits", {"DATABASE_URL": url, "LOG_LEVEL": "WARNING"})
-    gateway = ServiceProcess(
-        "gateway",
-        {
-            "AUDITS_SERVICE_URL": audits.url,
-            "LLM_SERVICE_URL": f"http://127.0.0.1:{free_port()}",
-            "LOG_LEVEL": "WARNING",
-        },
-    )
-    audits.start()
-    try:
-        gateway.start()
-        try:
-            with httpx.Client(base_url=gateway.url, timeout=15) as client:
-                yield client
-        finally:
-            gateway.stop()
-    finally:
-        audits.stop()
+def gateway(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.gateway.url, timeout=15) as client:
+        yield client
 
 
 def test_crud_through_the_gateway(gateway: httpx.Client) -> None:
