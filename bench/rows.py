@@ -1,5 +1,5 @@
 """The benchmark rows: each measures one hot path next to its physical limit in the same run
-and judges it against the targets of issue 6."""
+and judges it against the row's target."""
 
 import asyncio
 import json

@@ -41,7 +41,7 @@ def fuzz_config(base_url: str) -> schemathesis.Config:
             else CI_EXAMPLES_PER_OPERATION,
             # No example database: a CI run must not depend on what an earlier run found.
             "database": "none",
-            # SPEC rejects NUL in every string, metadata included, which JSON Schema cannot
+            # The API rejects NUL in every string, metadata included, which JSON Schema cannot
             # say for a free-form object; test_reliability_hostile_input covers NULs.
             "allow-x00": False,
         },

@@ -1,4 +1,4 @@
-"""Every rule of SPEC §5 for single records, at the HTTP level."""
+"""Every rule for single records (create, read, update, delete), at the HTTP level."""
 
 import time
 from datetime import datetime

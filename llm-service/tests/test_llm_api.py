@@ -260,7 +260,7 @@ async def test_every_documented_error_is_a_problem(llm: ClientFactory) -> None:
         for method, operation in item.items():
             for status, response in operation["responses"].items():
                 if status[0] not in "45" or (path, status) == ("/health/ready", "503"):
-                    continue  # readiness answers 503 with its own report (SPEC §3's health)
+                    continue  # readiness answers 503 with its own report, not a problem
                 documented += 1
                 where = f"{method.upper()} {path} {status}"
                 ref = response["content"]["application/problem+json"]["schema"]["$ref"]

@@ -1,4 +1,5 @@
-"""SPEC §7's retry policy and error mapping, with exact upstream call counts and timings."""
+"""The retry policy and how upstream failures reach the client, with exact upstream call
+counts and timings."""
 
 import email.utils
 import time

@@ -69,8 +69,9 @@ class FairQueuePool(AsyncAdaptedQueuePool):
     """SQLAlchemy's async pool, handing out connections first come, first served.
 
     The stock pool gives a returned connection to whichever task asks next, so a request
-    already waiting can be overtaken again and again (sqlalchemy#7679): at 32 requests in
-    flight on the default pool, p50 was 5-8 ms and p99 0.5-1.1 s. Every checkout here first
+    already waiting can be overtaken again and again (sqlalchemy#7679), which is a tail of
+    seconds at a few dozen requests in flight (`make bench`, row `audits-get`, p99; and
+    `test_audits_pool.py`, which the stock pool fails). Every checkout here first
     takes a slot of a FIFO semaphore as large as the pool (`pool_size + max_overflow`),
     within the pool timeout, and gives it back with the connection; holding a slot, the
     stock pool always has a connection to give (or may open one) and never waits.

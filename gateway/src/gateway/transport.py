@@ -1,6 +1,7 @@
 """A lean HTTP/1.1 transport for `httpx.AsyncClient`, for one plain-HTTP upstream.
 
-httpcore's pool spends most of a proxy's CPU on bookkeeping (encode/httpx#3215). This
+httpcore's pool spends much of a proxy's CPU on bookkeeping (encode/httpx#3215; `make bench`,
+row `proxy`, re-measures what the gateway costs). This
 transport keeps the httpx API and its exceptions, and does only what a reverse proxy on
 a private network needs: keep-alive connections in a LIFO pool bounded by a semaphore,
 requests written straight to the socket, responses parsed by httptools (the parser uvicorn

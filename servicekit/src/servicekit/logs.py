@@ -41,8 +41,8 @@ def _json_sink(message: "Message") -> None:
 def log_access(method: str, path: str, status: int, duration_ms: float) -> None:
     """The one INFO line per request, in the sink's shape.
 
-    Written straight to the sink: on the proxy's hot path loguru's record building cost
-    ~19 µs a request against ~3.5 µs for this.
+    Written straight to the sink: on the proxy's hot path loguru's record building costs
+    several times this (`make bench`, row `proxy`, CPU/request note).
     """
     if _AccessLog.enabled:
         _write(
@@ -86,8 +86,8 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     # default human-readable line (timestamp included) on every call, only to be ignored.
     logger.add(_json_sink, level=level.upper(), format="{message}", backtrace=False, diagnose=False)
     # The threshold also on the stdlib side, so that records below it are dropped at the call
-    # site: httpcore and openai log at DEBUG on every upstream call, which cost the llm
-    # service ~10 % of its CPU when each record was built only for loguru to discard it.
+    # site: httpcore and openai log at DEBUG on every upstream call, and building each record
+    # only for loguru to discard it shows in `make bench`'s `llm` row (CPU/request note).
     stdlib_level = logging.getLevelNamesMapping().get(level.upper(), logging.NOTSET)
     logging.basicConfig(handlers=[_InterceptHandler()], level=stdlib_level, force=True)
     for name in _STDLIB_LOGGERS:

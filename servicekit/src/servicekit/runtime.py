@@ -10,7 +10,8 @@ from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
 
 # The services export no OpenTelemetry; FastAPI's per-request check for configured
-# providers cost ~5 % of a proxied request. Passed as `FastAPI(telemetry=NO_TELEMETRY)`.
+# providers runs on every request (`make bench`, row `proxy`, CPU/request note). Passed as
+# `FastAPI(telemetry=NO_TELEMETRY)`.
 NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
@@ -34,8 +35,8 @@ def tune_gc_after_startup(app: FastAPI) -> None:
     """Once the lifespan has started, freeze what start-up allocated (out of every future
     collection's walk) and collect young objects less often; undone at shutdown.
 
-    Measured on the gateway proxying a trivial upstream, wrk -c32, 3 runs each: p99
-    33-45 ms with the defaults, 13-17 ms with this (direct to the upstream: 7-11 ms).
+    The gateway's p99 is otherwise the collector's: `make bench`, row `proxy` (p99 against
+    the upstream direct) re-measures it.
     """
     startup = app.router.lifespan_context
 

@@ -61,7 +61,7 @@ async def create_audit(
         if replayed:
             response.headers[IDEMPOTENT_REPLAYED_HEADER] = "true"
     # A path, not a URL: behind the gateway only the path is the same for the client.
-    # Built from this route's own path: `url_path_for` tries every route, ~5 % of a POST.
+    # Built from this route's own path: `url_path_for` tries every route of the app.
     response.headers["Location"] = f"{request.scope['path']}/{record.id}"
     return record
 

@@ -30,7 +30,8 @@ from audits_service.audits.schemas import (
 )
 
 _COLUMNS = tuple(audit_record.c)
-# Built once: constructing `insert().values(...)` per request was ~10 % of a POST's CPU.
+# Built once: `insert().values(...)` per request is a visible share of a POST's CPU
+# (`make bench`, row `audits-post`, CPU/request note).
 _INSERT = insert(audit_record).returning(*_COLUMNS)
 _NEWEST_FIRST = (audit_record.c.created_at.desc(), audit_record.c.id.desc())
 # Seed of `hashtextextended` for the advisory lock guarding one idempotency key.
