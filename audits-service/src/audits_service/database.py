@@ -51,6 +51,14 @@ class DatabaseUnavailable(ServiceError):
         )
 
 
+class MigrationsPending(ServiceError):
+    """Readiness while the database has no schema yet."""
+
+    status = 503
+    code = "migrations_pending"
+    title = "Migrations pending"
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """True when `exc` says the database is down, unreachable or too slow to answer."""
     # OSError covers refused connections and (asyncio) timeouts.

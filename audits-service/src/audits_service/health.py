@@ -3,48 +3,16 @@
 import asyncio
 import time
 from pathlib import Path
-from typing import Literal
 
 from alembic.script import ScriptDirectory
 from fastapi import APIRouter, Request
 from loguru import logger
-from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from audits_service.database import DatabaseUnavailable, is_unavailable
-from servicekit import ReadinessCheck, problem_responses
-
-
-class MigrationState(BaseModel):
-    current: str | None = Field(description="Revision applied to the database (null: none).")
-    head: str | None = Field(description="Newest revision this build ships (null: unknown).")
-    up_to_date: bool
-
-
-class DatabaseHealth(BaseModel):
-    model_config = {
-        "json_schema_extra": {
-            "examples": [
-                {
-                    "status": "ok",
-                    "latency_ms": 0.84,
-                    "migration": {
-                        "current": "8b21e4c7d9a0",
-                        "head": "8b21e4c7d9a0",
-                        "up_to_date": True,
-                    },
-                }
-            ]
-        }
-    }
-
-    status: Literal["ok", "degraded"] = Field(
-        description="`ok`: reachable and migrated to head; `degraded`: reachable, not at head."
-    )
-    latency_ms: float = Field(description="Time to obtain a connection and run `SELECT 1`.")
-    migration: MigrationState
+from audits_service.database import DatabaseUnavailable, MigrationsPending, is_unavailable
+from servicekit import DatabaseHealth, MigrationState, ReadinessCheck, problem_responses
 
 
 def migration_head(migrations_dir: Path) -> str | None:
@@ -92,12 +60,10 @@ async def database_ready(request: Request) -> ReadinessCheck:
     try:
         health = await _check(request)
     except DatabaseUnavailable as exc:
-        return ReadinessCheck(ready=False, detail=exc.detail, code=exc.code)
+        return ReadinessCheck.failed(exc)
     if health.migration.current is None:
-        return ReadinessCheck(
-            ready=False,
-            detail="The database has no schema; run the migrations.",
-            code="migrations_pending",
+        return ReadinessCheck.failed(
+            MigrationsPending("The database has no schema; run the migrations.")
         )
     return ReadinessCheck(ready=True)
 

@@ -9,6 +9,7 @@ from loguru import logger
 from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
 from llm_service import __version__
+from llm_service.chat.exceptions import LLMNotConfigured, UpstreamAuthFailed
 from llm_service.chat.guards import Guards
 from llm_service.chat.router import router as chat_router
 from llm_service.chat.service import ChatService
@@ -65,14 +66,10 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
 async def ready(request: Request) -> ReadinessCheck:
     status: KeyStatus = request.state.key_status
     if status is KeyStatus.MISSING:
-        return ReadinessCheck(
-            ready=False, detail="OPENAI_API_KEY is not set.", code="llm_not_configured"
-        )
+        return ReadinessCheck.failed(LLMNotConfigured("OPENAI_API_KEY is not set."))
     if status is KeyStatus.REJECTED:
-        return ReadinessCheck(
-            ready=False,
-            detail="The upstream API rejected OPENAI_API_KEY at start-up.",
-            code="upstream_auth_failed",
+        return ReadinessCheck.failed(
+            UpstreamAuthFailed("The upstream API rejected OPENAI_API_KEY at start-up.")
         )
     if status is KeyStatus.UNVERIFIED:
         return ReadinessCheck(ready=True, detail="OPENAI_API_KEY could not be checked at start-up.")

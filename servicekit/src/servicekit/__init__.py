@@ -3,21 +3,47 @@
 from fastapi import FastAPI
 
 from servicekit.context import REQUEST_ID_HEADER, accept_request_id, current_request_id
-from servicekit.health import ReadinessCheck, ReadyProbe, health_router
+from servicekit.errors import (
+    BadRequest,
+    Conflict,
+    InternalError,
+    MethodNotAllowed,
+    NotAcceptable,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    RequestHeadersTooLarge,
+    RequestTimeout,
+    ServiceError,
+    ServiceUnavailable,
+    ShuttingDown,
+    UnsupportedMediaType,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    UriTooLong,
+    ValidationFailed,
+)
+from servicekit.health import (
+    DatabaseHealth,
+    MigrationState,
+    ReadinessCheck,
+    ReadyProbe,
+    health_router,
+)
 from servicekit.logs import configure_logging
 from servicekit.middleware import HeadAsGetMiddleware, RequestContextMiddleware
 from servicekit.problems import (
     PROBLEM_MEDIA_TYPE,
     Problem,
-    ServiceError,
     document_unsupported_media_type,
+    error_response,
     install_problem_handlers,
     problem_response,
     problem_responses,
 )
 from servicekit.runtime import NO_TELEMETRY, operation_id, tune_gc_after_startup
 from servicekit.settings import ServiceSettings
-from servicekit.shutdown import install_graceful_shutdown
+from servicekit.shutdown import install_graceful_shutdown, shutting_down
 
 
 def install_servicekit(app: FastAPI, service: str, settings: ServiceSettings) -> None:
@@ -34,16 +60,37 @@ __all__ = [
     "NO_TELEMETRY",
     "PROBLEM_MEDIA_TYPE",
     "REQUEST_ID_HEADER",
+    "BadRequest",
+    "Conflict",
+    "DatabaseHealth",
     "HeadAsGetMiddleware",
+    "InternalError",
+    "MethodNotAllowed",
+    "MigrationState",
+    "NotAcceptable",
+    "NotFound",
+    "PayloadTooLarge",
     "Problem",
+    "RateLimited",
     "ReadinessCheck",
     "ReadyProbe",
     "RequestContextMiddleware",
+    "RequestHeadersTooLarge",
+    "RequestTimeout",
     "ServiceError",
     "ServiceSettings",
+    "ServiceUnavailable",
+    "ShuttingDown",
+    "UnsupportedMediaType",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+    "UriTooLong",
+    "ValidationFailed",
     "accept_request_id",
     "configure_logging",
     "current_request_id",
+    "document_unsupported_media_type",
+    "error_response",
     "health_router",
     "install_graceful_shutdown",
     "install_problem_handlers",
@@ -51,5 +98,6 @@ __all__ = [
     "operation_id",
     "problem_response",
     "problem_responses",
+    "shutting_down",
     "tune_gc_after_startup",
 ]

@@ -7,8 +7,9 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servicekit.context import REQUEST_ID_HEADER, accept_request_id, request_id_var
+from servicekit.errors import InternalError
 from servicekit.logs import log_access
-from servicekit.problems import problem_response
+from servicekit.problems import error_response
 
 _REQUEST_ID_HEADER_BYTES = REQUEST_ID_HEADER.lower().encode()
 
@@ -54,12 +55,7 @@ class RequestContextMiddleware:
             logger.opt(exception=exc).error("unhandled error")
             if response_started:
                 raise
-            response = problem_response(
-                500,
-                "internal_error",
-                detail="An unexpected error occurred.",
-                instance=scope["path"],
-            )
+            response = error_response(InternalError("An unexpected error occurred."), scope["path"])
             await response(scope, receive, send_with_request_id)
         finally:
             if self.access_log:

@@ -14,26 +14,17 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from servicekit.context import current_request_id
+from servicekit.errors import (
+    BY_STATUS,
+    InternalError,
+    NotFound,
+    ServiceError,
+    UnexpectedHTTPError,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-
-_CODES_BY_STATUS = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    406: "not_acceptable",
-    409: "conflict",
-    413: "payload_too_large",
-    414: "uri_too_long",
-    415: "unsupported_media_type",
-    422: "validation_error",
-    429: "rate_limited",
-    431: "request_header_fields_too_large",
-    500: "internal_error",
-    502: "upstream_unavailable",
-    503: "service_unavailable",
-    504: "upstream_timeout",
-}
 
 
 class ValidationIssue(BaseModel):
@@ -54,7 +45,7 @@ class Problem(BaseModel):
                     "status": 404,
                     "detail": "No route matches /api/v1/nope.",
                     "instance": "/api/v1/nope",
-                    "code": "not_found",
+                    "code": NotFound.code,
                     "request_id": "3f1c0b9e-8f7a-4a51-9a4e-0f6f1f2b9c11",
                 }
             ]
@@ -71,20 +62,6 @@ class Problem(BaseModel):
     errors: list[ValidationIssue] | None = Field(
         default=None, description="Validation errors, one per offending input."
     )
-
-
-class ServiceError(Exception):
-    """Base of every error a service raises on purpose; rendered as a problem."""
-
-    status: int = 500
-    code: str = "internal_error"
-    title: str = "Internal Server Error"
-    errors: Sequence[Mapping[str, Any]] | None = None
-
-    def __init__(self, detail: str | None = None, *, headers: Mapping[str, str] | None = None):
-        super().__init__(detail or self.title)
-        self.detail = detail
-        self.headers = dict(headers or {})
 
 
 def problem_body(
@@ -125,6 +102,20 @@ def problem_response(
     )
 
 
+def error_response(error: ServiceError, instance: str | None) -> Response:
+    """The problem response for `error`: an ASGI app, so pure ASGI middleware sends it
+    the way FastAPI's handlers return it."""
+    return problem_response(
+        error.status,
+        error.code,
+        error.title,
+        error.detail,
+        instance,
+        errors=error.errors,
+        headers=error.headers,
+    )
+
+
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries documenting each status as a problem document."""
     return {
@@ -158,15 +149,7 @@ def validation_issues(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 async def _service_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
-    return problem_response(
-        exc.status,
-        exc.code,
-        exc.title,
-        exc.detail,
-        request.url.path,
-        errors=exc.errors,
-        headers=exc.headers,
-    )
+    return error_response(exc, request.url.path)
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -176,51 +159,49 @@ def _is_json(content_type: str | None) -> bool:
     )
 
 
-async def _validation_error_handler(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    content_type = request.headers.get("content-type")
+def _validation_error(exc: RequestValidationError, content_type: str | None) -> ServiceError:
     if isinstance(exc.body, bytes) and exc.body and not _is_json(content_type):
         # FastAPI hands a body that is not declared as JSON to validation as raw bytes.
-        return problem_response(
-            415,
-            "unsupported_media_type",
-            None,
-            f"The request body must be application/json, not {content_type or 'undeclared'}.",
-            request.url.path,
+        return UnsupportedMediaType(
+            f"The request body must be application/json, not {content_type or 'undeclared'}."
         )
     issues = validation_issues(exc)
     detail = "; ".join(f"{'.'.join(map(str, i['loc']))}: {i['message']}" for i in issues[:5])
-    return problem_response(
-        422, "validation_error", "Validation Error", detail, request.url.path, errors=issues
-    )
+    return ValidationFailed(detail, errors=issues)
+
+
+async def _validation_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    error = _validation_error(exc, request.headers.get("content-type"))
+    return error_response(error, request.url.path)
 
 
 _NOT_UTF8 = "The body is not UTF-8, so not JSON."
 
 
-async def _http_error_handler(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
-    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+def _http_error(request: Request, exc: StarletteHTTPException) -> ServiceError:
+    status = exc.status_code
+    if status == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
         # FastAPI answers a body that is not UTF-8 with its own 400 ("error parsing the
         # body"); it is malformed JSON like any other, so the same 422.
         issue = {"loc": ["body"], "message": _NOT_UTF8, "type": "json_invalid"}
-        return problem_response(
-            422,
-            "validation_error",
-            "Validation Error",
-            f"body: {_NOT_UTF8}",
-            request.url.path,
-            errors=[issue],
-        )
-    code = _CODES_BY_STATUS.get(exc.status_code, "http_error")
+        return ValidationFailed(f"body: {_NOT_UTF8}", errors=[issue])
     detail = exc.detail if isinstance(exc.detail, str) else None
-    if exc.status_code == 404 and detail == "Not Found":
-        detail = f"No resource at {request.url.path}."
     headers = exc.headers
-    if exc.status_code == 405:
+    if status == 404 and detail == "Not Found":
+        detail = f"No resource at {request.url.path}."
+    if status == 405:
         detail = f"{request.method} is not allowed on {request.url.path}."
         headers = {**(headers or {}), "Allow": _allowed_methods(request)}
-    return problem_response(exc.status_code, code, None, detail, request.url.path, headers=headers)
+    error = BY_STATUS.get(status)
+    if error is None:
+        return UnexpectedHTTPError(status, detail, headers=headers)
+    return error(detail, headers=headers)
+
+
+async def _http_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    return error_response(_http_error(request, exc), request.url.path)
 
 
 _METHODS = ("DELETE", "GET", "OPTIONS", "PATCH", "POST", "PUT")
@@ -244,9 +225,7 @@ def _allowed_methods(request: Request) -> str:
 
 async def _unhandled_error_handler(request: Request, exc: Exception) -> Response:
     logger.opt(exception=exc).error("unhandled error on {} {}", request.method, request.url.path)
-    return problem_response(
-        500, "internal_error", None, "An unexpected error occurred.", request.url.path
-    )
+    return error_response(InternalError("An unexpected error occurred."), request.url.path)
 
 
 def document_unsupported_media_type(app: FastAPI) -> None:

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from loguru import logger
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -37,6 +37,11 @@ def install_graceful_shutdown(app: FastAPI, drain_seconds: float) -> None:
         server_handler = signal.getsignal(sig)
         if callable(server_handler) and server_handler is not signal.default_int_handler:
             signal.signal(sig, _draining_handler(app, loop, server_handler, drain_seconds))
+
+
+def shutting_down(request: Request) -> bool:
+    """True once a shutdown signal has arrived: readiness must then fail."""
+    return bool(getattr(request.app.state, "shutting_down", False))
 
 
 def _draining_handler(

@@ -1,9 +1,7 @@
-from servicekit import ServiceError
+from servicekit import NotFound, ServiceError
 
 
-class AuditNotFound(ServiceError):
-    status = 404
-    code = "not_found"
+class AuditNotFound(NotFound):
     title = "Audit record not found"
 
 

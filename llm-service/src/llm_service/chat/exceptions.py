@@ -4,7 +4,8 @@ from typing import Any
 import httpx2
 import orjson
 
-from servicekit import ServiceError
+from servicekit import NotFound, ServiceError, ValidationFailed
+from servicekit import UpstreamTimeout as UpstreamTimeout
 
 
 class LLMNotConfigured(ServiceError):
@@ -27,12 +28,8 @@ class UpstreamError(ServiceError):
     status, code, title = 502, "upstream_error", "Upstream failed"
 
 
-class UpstreamTimeout(ServiceError):
-    status, code, title = 504, "upstream_timeout", "Upstream timed out"
-
-
-class ModelNotFound(ServiceError):
-    status, code, title = 404, "not_found", "Model not found"
+class ModelNotFound(NotFound):
+    title = "Model not found"
 
 
 class MalformedUpstreamResponse(Exception):
@@ -71,14 +68,15 @@ def openai_error(problem: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-class InvalidChatRequest(ServiceError):
+class InvalidChatRequest(ValidationFailed):
     """A request the schema accepts but the service's guards do not (model, token cap);
     answered like any validation error, one issue per offending field."""
 
-    status, code, title = 422, "validation_error", "Validation Error"
-
     def __init__(self, issues: Sequence[tuple[Sequence[str], str, str]]) -> None:
-        self.errors = [
-            {"loc": list(loc), "message": message, "type": kind} for loc, message, kind in issues
-        ]
-        super().__init__("; ".join(f"{'.'.join(loc)}: {message}" for loc, message, _ in issues))
+        super().__init__(
+            "; ".join(f"{'.'.join(loc)}: {message}" for loc, message, _ in issues),
+            errors=[
+                {"loc": list(loc), "message": message, "type": kind}
+                for loc, message, kind in issues
+            ],
+        )

@@ -3,7 +3,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from llm_service.chat.constants import MAX_MESSAGE_CHARS, MAX_MESSAGES, MAX_TOTAL_CHARS
-from servicekit import Problem
+from servicekit import Problem, ValidationFailed
 
 
 def _integral(value: object) -> object:
@@ -258,12 +258,12 @@ class WireProblem(Problem):
         json_schema_extra={
             "examples": [
                 {
-                    "type": "/problems/validation_error",
+                    "type": f"/problems/{ValidationFailed.code}",
                     "title": "Validation Error",
                     "status": 422,
                     "detail": "body.model: Model 'gpt-5' is not allowed; allowed models: gpt-4o.",
                     "instance": "/api/v1/openai/v1/chat/completions",
-                    "code": "validation_error",
+                    "code": ValidationFailed.code,
                     "request_id": "3f1c0b9e-8f7a-4a51-9a4e-0f6f1f2b9c11",
                     "errors": [
                         {
@@ -276,9 +276,9 @@ class WireProblem(Problem):
                         "message": (
                             "body.model: Model 'gpt-5' is not allowed; allowed models: gpt-4o."
                         ),
-                        "type": "validation_error",
+                        "type": ValidationFailed.code,
                         "param": "model",
-                        "code": "validation_error",
+                        "code": ValidationFailed.code,
                     },
                 }
             ]
