@@ -1,6 +1,8 @@
-"""The gateway in process: its lifespan run by hand, upstreams replaced by `MockTransport`s."""
+"""The gateway in process: its lifespan run by hand, each upstream's `Connector` (the one
+way the gateway reaches an upstream, for the proxy and its httpx clients alike) replaced
+by a `Recorder`."""
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import unquote
@@ -11,29 +13,43 @@ from starlette.types import ASGIApp, Message, Receive
 
 from gateway.config import Settings
 from gateway.main import create_app
+from gateway.transport import Origin, UpstreamResponse
 
 Handler = Callable[[httpx.Request], Any]
 
 
 class Recorder:
-    """An upstream stand-in: records every request that reached it, answers via `handler`."""
+    """An upstream stand-in at the `Connector` interface: records every request that reached
+    it (the body read as the real pool reads it, so the gateway's size limit and client
+    disconnects surface from the same place), answers via `handler`, which may also raise
+    the pool's httpx exceptions."""
 
     def __init__(self, handler: Handler | None = None) -> None:
         self.requests: list[httpx.Request] = []
         self.handler = handler or (lambda request: httpx.Response(200, json={"ok": True}))
 
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
-        await request.aread()
+    async def exchange(
+        self,
+        origin: Origin,
+        method: str,
+        target: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        body: bytes | AsyncIterable[bytes],
+        timeouts: Mapping[str, float | None],
+    ) -> UpstreamResponse:
+        content = body if isinstance(body, bytes) else b"".join([chunk async for chunk in body])
+        url = httpx.URL(scheme="http", host=origin[0], port=origin[1], raw_path=target)
+        request = httpx.Request(method, url, headers=list(headers), content=content)
         self.requests.append(request)
         result = self.handler(request)
         if hasattr(result, "__await__"):
             result = await result
         assert isinstance(result, httpx.Response)
-        return result
+        assert isinstance(result.stream, httpx.AsyncByteStream)
+        return UpstreamResponse(result.status_code, result.headers.raw, result.stream)
 
-    @property
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self)
+    async def aclose(self) -> None:
+        return None
 
 
 class GatewayClient(httpx.AsyncClient):
@@ -96,7 +112,7 @@ async def running_gateway(
         llm_service_url="http://llm.internal:8002",
         **settings,
     )
-    app = create_app(config, {name: rec.transport for name, rec in upstreams.items()})
+    app = create_app(config, upstreams)
     async with (
         LifespanManager(app) as manager,
         GatewayClient(manager.app, upstreams["audits"], upstreams["llm"]) as client,

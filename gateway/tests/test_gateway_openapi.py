@@ -102,9 +102,7 @@ async def test_services_down_leave_the_gateway_routes_and_are_picked_up_later() 
     assert not any(path.startswith("/api/v1/") for path in alone["paths"])
 
     audits = Recorder(down)
-    upstreams = build_upstreams(
-        Settings(), {"audits": audits.transport, "llm": Recorder(down).transport}
-    )
+    upstreams = build_upstreams(Settings(), {"audits": audits, "llm": Recorder(down)})
     cache = OpenAPICache(lambda: alone, upstreams, incomplete_ttl=0)
     assert "/api/v1/audits" not in (await cache.get())["paths"]
     audits.handler = serving(service_document("audits", "name")).handler

@@ -9,7 +9,8 @@ from ipaddress import ip_network
 import pytest
 from gateway_harness import running_gateway
 
-from gateway.ratelimit import MemoryRateLimiter, RedisRateLimiter, client_ip
+from gateway.proxy.headers import client_ip
+from gateway.ratelimit import MemoryRateLimiter, RedisRateLimiter
 
 TRUSTED = (ip_network("10.0.0.0/8"), ip_network("192.0.2.1/32"))
 

@@ -10,7 +10,7 @@ import pytest
 import uvicorn
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.transport import UpstreamTransport
+from gateway.transport import ConnectionPool, HttpxTransport
 
 
 class Upstream:
@@ -76,7 +76,7 @@ async def upstream() -> AsyncIterator[tuple[Upstream, str]]:
 @pytest.fixture
 async def client(upstream: tuple[Upstream, str]) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(
-        base_url=upstream[1], transport=UpstreamTransport(), timeout=5
+        base_url=upstream[1], transport=HttpxTransport(ConnectionPool()), timeout=5
     ) as client:
         yield client
 
@@ -146,7 +146,7 @@ async def test_a_connection_dropped_mid_response_is_an_error_not_a_clean_end() -
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    async with httpx.AsyncClient(transport=UpstreamTransport()) as client:
+    async with httpx.AsyncClient(transport=HttpxTransport(ConnectionPool())) as client:
         with pytest.raises(httpx.RemoteProtocolError):
             await client.get(f"http://127.0.0.1:{port}/")
     server.close()

@@ -1,5 +1,7 @@
 from ipaddress import IPv4Network, IPv6Network, ip_network
+from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
@@ -28,6 +30,19 @@ class Settings(ServiceSettings):
     redis_url: SecretStr | None = None
     upstream_max_connections: int = Field(default=1000, gt=0)
     upstream_max_keepalive: int = Field(default=100, ge=0)
+    upstream_ca_bundle: Path | None = Field(
+        default=None,
+        description="PEM file of the CAs that sign https:// upstreams' certificates "
+        "(a private CA); unset: the system's CAs.",
+    )
+
+    @field_validator("audits_service_url", "llm_service_url")
+    @classmethod
+    def _http_or_https(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL with a host, not {value!r}")
+        return value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -38,7 +53,7 @@ class Settings(ServiceSettings):
             )
         return value
 
-    @field_validator("redis_url", mode="before")
+    @field_validator("redis_url", "upstream_ca_bundle", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -5,7 +5,7 @@ import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from servicekit import problem_response
+from servicekit import NotFound, RequestHeadersTooLarge, ServiceError, UriTooLong, error_response
 
 # Encoded dots (%2e), slashes (%2f), backslashes (%5c) and NULs (%00) in a path only serve
 # to sneak a different path past a prefix check, so the gateway refuses them outright.
@@ -34,23 +34,22 @@ class EdgeGuardMiddleware:
             await self.app(scope, receive, send)
             return
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        if len(raw_path) + len(scope["query_string"]) > self.max_url_bytes:
-            response = problem_response(
-                414, "uri_too_long", detail=f"The URL is longer than {self.max_url_bytes} bytes."
-            )
-        elif sum(len(n) + len(v) + 4 for n, v in scope["headers"]) > self.max_header_bytes:
-            response = problem_response(
-                431,
-                "request_header_fields_too_large",
-                detail=f"The request headers exceed {self.max_header_bytes} bytes.",
-                instance=scope["path"],
-            )
-        elif reason := unsafe_path_reason(raw_path):
-            # No resource lives at such a path: 404 `not_found`, with the reason in `detail`.
-            response = problem_response(
-                404, "not_found", detail=f"Refused: {reason}.", instance=scope["path"]
-            )
-        else:
+        error = self._refusal(scope, raw_path)
+        if error is None:
             await self.app(scope, receive, send)
             return
-        await response(scope, receive, send)
+        # An overlong URL is not repeated back in `instance`.
+        instance = None if isinstance(error, UriTooLong) else scope["path"]
+        await error_response(error, instance)(scope, receive, send)
+
+    def _refusal(self, scope: Scope, raw_path: bytes) -> ServiceError | None:
+        if len(raw_path) + len(scope["query_string"]) > self.max_url_bytes:
+            return UriTooLong(f"The URL is longer than {self.max_url_bytes} bytes.")
+        if sum(len(n) + len(v) + 4 for n, v in scope["headers"]) > self.max_header_bytes:
+            return RequestHeadersTooLarge(
+                f"The request headers exceed {self.max_header_bytes} bytes."
+            )
+        if reason := unsafe_path_reason(raw_path):
+            # No resource lives at such a path: 404 `not_found`, with the reason in `detail`.
+            return NotFound(f"Refused: {reason}.")
+        return None

@@ -1,41 +1,26 @@
-"""The gateway's own routes: root info, liveness, aggregated readiness, the database check."""
+"""The gateway's health: liveness (servicekit's), readiness aggregated over the upstreams,
+and the audits service's database check passed through."""
 
 import asyncio
 import time
 
 import httpx
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from gateway import __version__
 from gateway.dependencies import SettingsDep, UpstreamsDep
-from gateway.errors import UpstreamTimeout, UpstreamUnavailable
-from gateway.schemas import DatabaseHealth, DownstreamHealth, GatewayReadiness, RootInfo
-from gateway.upstreams import API_PREFIX, Upstream
-from servicekit import REQUEST_ID_HEADER, current_request_id, problem_responses
-from servicekit.health import Liveness
+from gateway.schemas import DownstreamHealth, GatewayReadiness
+from gateway.upstreams import Upstream
+from servicekit import (
+    REQUEST_ID_HEADER,
+    DatabaseHealth,
+    current_request_id,
+    health_router,
+    problem_responses,
+    shutting_down,
+)
 
-DESCRIPTION = "Public API gateway for the audits and LLM services."
-
-router = APIRouter()
-
-
-@router.get("/", summary="What this API is and where its parts are", tags=["gateway"])
-async def root() -> RootInfo:
-    return RootInfo(
-        name="gateway",
-        version=__version__,
-        description=DESCRIPTION,
-        docs_url="/docs",
-        openapi_url="/openapi.json",
-        health_url="/health",
-        api_prefix=API_PREFIX,
-    )
-
-
-@router.get("/health", summary="Liveness: the gateway process is up", tags=["health"])
-async def liveness() -> Liveness:
-    return Liveness(service="gateway")
+router = health_router("gateway")
 
 
 async def _check(upstream: Upstream, seconds: float) -> DownstreamHealth:
@@ -91,7 +76,7 @@ async def readiness(request: Request, upstreams: UpstreamsDep, settings: Setting
         *(_check(upstreams[name], settings.health_check_timeout) for name in names)
     )
     services = dict(zip(names, checks, strict=True))
-    if getattr(request.app.state, "shutting_down", False) or services["audits"].status != "ok":
+    if shutting_down(request) or services["audits"].status != "ok":
         status = "unavailable"
     elif all(check.status == "ok" for check in checks):
         status = "ok"
@@ -110,16 +95,10 @@ async def readiness(request: Request, upstreams: UpstreamsDep, settings: Setting
 )
 async def database_health(upstreams: UpstreamsDep) -> Response:
     audits = upstreams["audits"]
-    try:
+    with audits.failures():
         response = await audits.client.get(
             "/health/db", headers={REQUEST_ID_HEADER: current_request_id() or ""}
         )
-    except httpx.TimeoutException:
-        raise UpstreamTimeout(
-            f"The audits service did not answer within {audits.timeout:g} s."
-        ) from None
-    except httpx.TransportError:
-        raise UpstreamUnavailable("The audits service cannot be reached.") from None
     return Response(
         response.content,
         status_code=response.status_code,

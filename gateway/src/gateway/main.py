@@ -3,7 +3,6 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import TypedDict
 
-import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from loguru import logger
@@ -11,11 +10,13 @@ from loguru import logger
 from gateway import __version__
 from gateway.config import Settings
 from gateway.edge import EdgeGuardMiddleware
-from gateway.health import DESCRIPTION
 from gateway.health import router as health_router
 from gateway.openapi import DOCS_ASSETS_URL, OpenAPICache, docs_assets, docs_router
 from gateway.proxy import ProxyMiddleware
 from gateway.ratelimit import MemoryRateLimiter, NoRateLimit, RateLimiter, RedisRateLimiter
+from gateway.root import DESCRIPTION
+from gateway.root import router as root_router
+from gateway.transport import Connector
 from gateway.upstreams import Upstream, build_upstreams
 from servicekit import (
     NO_TELEMETRY,
@@ -49,10 +50,10 @@ def _rate_limiter(settings: Settings) -> RateLimiter:
 async def lifespan(
     app: FastAPI,
     settings: Settings,
-    transports: Mapping[str, httpx.AsyncBaseTransport] | None,
+    connectors: Mapping[str, Connector] | None,
 ) -> AsyncIterator[State]:
     install_graceful_shutdown(app, settings.shutdown_drain_seconds)
-    upstreams = build_upstreams(settings, transports)
+    upstreams = build_upstreams(settings, connectors)
     limiter = _rate_limiter(settings)
     logger.info(
         "gateway started",
@@ -74,21 +75,22 @@ async def lifespan(
 
 def create_app(
     settings: Settings | None = None,
-    transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+    connectors: Mapping[str, Connector] | None = None,
 ) -> FastAPI:
-    """The gateway; `transports` (by upstream name) replace the network in tests."""
+    """The gateway; `connectors` (by upstream name) stand in for the network in tests."""
     settings = settings or Settings()
     app = FastAPI(
         title=TITLE,
         version=__version__,
         description=DESCRIPTION,
-        lifespan=partial(lifespan, settings=settings, transports=transports),
+        lifespan=partial(lifespan, settings=settings, connectors=connectors),
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
         telemetry=NO_TELEMETRY,
         generate_unique_id_function=operation_id,
     )
+    app.include_router(root_router)
     app.include_router(health_router)
     app.include_router(docs_router(TITLE))
     app.mount(DOCS_ASSETS_URL, docs_assets(), name="docs-assets")

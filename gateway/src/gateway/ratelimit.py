@@ -3,14 +3,11 @@
 import math
 import time
 from dataclasses import dataclass
-from ipaddress import ip_address
 from typing import Protocol
 
 from loguru import logger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-
-from gateway.config import IPNetwork
 
 WINDOW_SECONDS = 60
 
@@ -103,25 +100,3 @@ class NoRateLimit:
 
     async def aclose(self) -> None:
         return None
-
-
-def client_ip(peer: str | None, forwarded_for: str | None, trusted: tuple[IPNetwork, ...]) -> str:
-    """The client's address: `X-Forwarded-For` counts only when the peer is a trusted proxy,
-    read from the right, skipping the trusted proxies that appended themselves."""
-    if peer is None:
-        return "unknown"
-    if not forwarded_for or not is_trusted(peer, trusted):
-        return peer
-    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
-    for hop in reversed(hops):
-        if not is_trusted(hop, trusted):
-            return hop
-    return hops[0] if hops else peer
-
-
-def is_trusted(address: str, trusted: tuple[IPNetwork, ...]) -> bool:
-    try:
-        ip = ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in trusted)

@@ -61,32 +61,3 @@ class GatewayReadiness(BaseModel):
         description="ok: all ready; degraded: the LLM service is not; unavailable: audits is not."
     )
     services: dict[str, DownstreamHealth]
-
-
-class MigrationState(BaseModel):
-    current: str | None = Field(description="Revision applied to the database (null: none).")
-    head: str | None = Field(description="Newest revision this build ships (null: unknown).")
-    up_to_date: bool
-
-
-class DatabaseHealth(BaseModel):
-    """The audits service's database check, as that service reports it (the gateway does not
-    import the service, so this documents the same shape for the pass-through)."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "status": "ok",
-                    "latency_ms": 1.2,
-                    "migration": {"current": "a1b2c3", "head": "a1b2c3", "up_to_date": True},
-                }
-            ]
-        }
-    )
-
-    status: Literal["ok", "degraded"] = Field(
-        description="`ok`: reachable and migrated to head; `degraded`: reachable, not at head."
-    )
-    latency_ms: float = Field(description="Time to obtain a connection and run `SELECT 1`.")
-    migration: MigrationState

@@ -1,23 +1,91 @@
-"""A lean HTTP/1.1 transport for `httpx.AsyncClient`, for one plain-HTTP upstream.
+"""The gateway's one way to an upstream: `Connector.exchange`, implemented by a lean
+HTTP/1.1 connection pool, with `HttpxTransport` putting httpx's client API over it.
 
 httpcore's pool spends much of a proxy's CPU on bookkeeping (encode/httpx#3215; `make bench`,
-row `proxy`, re-measures what the gateway costs). This
-transport keeps the httpx API and its exceptions, and does only what a reverse proxy on
-a private network needs: keep-alive connections in a LIFO pool bounded by a semaphore,
-requests written straight to the socket, responses parsed by httptools (the parser uvicorn
-uses) and streamed back with flow control.
+row `proxy`, re-measures what the gateway costs). The pool raises httpx's exceptions and
+does only what a reverse proxy needs: keep-alive connections (TLS when the upstream is
+`https://`) in a LIFO pool bounded by a semaphore, requests written straight to the socket,
+responses parsed by httptools (the parser uvicorn uses) and streamed back with flow control.
 """
 
 import asyncio
+import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
-from typing import cast
+from typing import NamedTuple, Protocol, cast
 
 import httptools
 import httpx
 
 _HIGH_WATER = 256 * 1024
+
+RawHeaders = list[tuple[bytes, bytes]]
+Origin = tuple[str, int]
+
+
+class UpstreamResponse(NamedTuple):
+    status: int
+    headers: RawHeaders
+    stream: httpx.AsyncByteStream
+
+
+class Connector(Protocol):
+    """Sends one request to an upstream; the proxy and every `httpx.AsyncClient` of the
+    gateway go through this, and tests replace it (and only it) with a stand-in."""
+
+    async def exchange(
+        self,
+        origin: Origin,
+        method: str,
+        target: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        body: bytes | AsyncIterable[bytes],
+        timeouts: Mapping[str, float | None],
+    ) -> UpstreamResponse:
+        """The response's status, headers and body stream; closing the stream ends the
+        exchange. Failures are httpx's exceptions: `ConnectError`, `TimeoutException`…"""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class HttpxTransport(httpx.AsyncBaseTransport):
+    """httpx's transport interface over a `Connector`, for the gateway's health checks and
+    OpenAPI fetches."""
+
+    def __init__(self, connector: Connector) -> None:
+        self.connector = connector
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        body: bytes | AsyncIterable[bytes]
+        try:
+            body = request.content
+        except httpx.RequestNotRead:
+            assert isinstance(request.stream, httpx.AsyncByteStream)
+            body = request.stream
+        response = await self.connector.exchange(
+            (url.host, url.port or default_port(url.scheme)),
+            request.method,
+            url.raw_path,
+            request.headers.raw,
+            body,
+            request.extensions.get("timeout", {}),
+        )
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=response.stream,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    async def aclose(self) -> None:
+        await self.connector.aclose()
+
+
+def default_port(scheme: str) -> int:
+    return 443 if scheme == "https" else 80
 
 
 def _expire(waiter: "asyncio.Future[None]") -> None:
@@ -155,9 +223,9 @@ class _Connection(asyncio.Protocol):
 
 class _ResponseStream(httpx.AsyncByteStream):
     def __init__(
-        self, transport: "UpstreamTransport", conn: _Connection, read_timeout: float | None
+        self, pool: "ConnectionPool", conn: _Connection, read_timeout: float | None
     ) -> None:
-        self._transport = transport
+        self._pool = pool
         self._conn = conn
         self._read_timeout = read_timeout
         self._released = False
@@ -177,56 +245,36 @@ class _ResponseStream(httpx.AsyncByteStream):
     async def aclose(self) -> None:
         if not self._released:
             self._released = True
-            self._transport.release(self._conn)
+            self._pool.release(self._conn)
 
 
-class UpstreamTransport(httpx.AsyncBaseTransport):
-    """Plain HTTP/1.1 to the host and port of each request's URL, with a keep-alive pool."""
+class ConnectionPool:
+    """HTTP/1.1 keep-alive connections to the origins it is asked for; over TLS, verified
+    against `ssl_context`, when one is given."""
 
     def __init__(
         self,
         max_connections: int = 1000,
         max_keepalive_connections: int = 100,
         keepalive_expiry: float = 4.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._slots = asyncio.Semaphore(max_connections)
-        self._idle: dict[tuple[str, int], deque[_Connection]] = {}
+        self._idle: dict[Origin, deque[_Connection]] = {}
         self._max_idle = max_keepalive_connections
         self._expiry = keepalive_expiry
-        self._conn_origin: dict[_Connection, tuple[str, int]] = {}
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        body: bytes | AsyncIterable[bytes]
-        try:
-            body = request.content
-        except httpx.RequestNotRead:
-            assert isinstance(request.stream, httpx.AsyncByteStream)
-            body = request.stream
-        status, headers, stream = await self.exchange(
-            (url.host, url.port or 80),
-            request.method,
-            url.raw_path,
-            request.headers.raw,
-            body,
-            request.extensions.get("timeout", {}),
-        )
-        return httpx.Response(
-            status_code=status,
-            headers=headers,
-            stream=stream,
-            extensions={"http_version": b"HTTP/1.1"},
-        )
+        self._ssl = ssl_context
+        self._conn_origin: dict[_Connection, Origin] = {}
 
     async def exchange(
         self,
-        origin: tuple[str, int],
+        origin: Origin,
         method: str,
         target: bytes,
         headers: Iterable[tuple[bytes, bytes]],
         body: bytes | AsyncIterable[bytes],
         timeouts: Mapping[str, float | None],
-    ) -> tuple[int, list[tuple[bytes, bytes]], httpx.AsyncByteStream]:
+    ) -> UpstreamResponse:
         """Sends one request and returns the status, headers and body stream of the response.
 
         `headers` are written as given: they must hold `Host`, and `Content-Length` or
@@ -263,9 +311,11 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             # httptools cannot know a HEAD response has no body; never reuse this connection.
             conn.complete = True
             conn.close()
-        return conn.status, conn.headers, _ResponseStream(self, conn, timeouts.get("read"))
+        return UpstreamResponse(
+            conn.status, conn.headers, _ResponseStream(self, conn, timeouts.get("read"))
+        )
 
-    def _idle_connection(self, origin: tuple[str, int]) -> _Connection | None:
+    def _idle_connection(self, origin: Origin) -> _Connection | None:
         idle = self._idle.get(origin)
         now = time.monotonic()
         while idle:
@@ -276,11 +326,18 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             conn.close()
         return None
 
-    async def _connect(self, origin: tuple[str, int], seconds: float | None) -> _Connection:
+    async def _connect(self, origin: Origin, seconds: float | None) -> _Connection:
         loop = asyncio.get_running_loop()
+        host, port = origin
         try:
             async with asyncio.timeout(seconds):
-                _, conn = await loop.create_connection(_Connection, *origin)
+                _, conn = await loop.create_connection(
+                    _Connection,
+                    host,
+                    port,
+                    ssl=self._ssl,
+                    server_hostname=host if self._ssl is not None else None,
+                )
         except TimeoutError:
             raise httpx.ConnectTimeout(f"connecting to {origin[0]}:{origin[1]} timed out") from None
         except OSError as exc:

@@ -1,13 +1,17 @@
 """The services behind the gateway: which path prefix goes where, and how each is called."""
 
-from collections.abc import Mapping
+import ssl
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import httpx
+from loguru import logger
 
 from gateway.config import Settings
-from gateway.transport import UpstreamTransport
+from gateway.transport import ConnectionPool, Connector, HttpxTransport, Origin, default_port
+from servicekit import ServiceError, UpstreamTimeout, UpstreamUnavailable
 
 API_PREFIX = "/api/v1"
 
@@ -22,15 +26,36 @@ class Upstream:
     # owns its retries (the LLM service retries OpenAI itself; retries have one owner).
     retry_idempotent: bool
     rate_limited: bool
-    transport: httpx.AsyncBaseTransport
+    connector: Connector
     client: httpx.AsyncClient
-    origin: tuple[str, int]
+    origin: Origin
     host: bytes
-    # httpx's per-request timeout extension: each phase bounded by the upstream timeout.
+    # Per-phase timeouts (httpx's names): each phase bounded by the upstream timeout.
     timeouts: Mapping[str, float]
 
     def matches(self, path: str) -> bool:
         return path == self.prefix or path.startswith(self.prefix + "/")
+
+    @contextmanager
+    def failures(self, *, mid_response: bool = False) -> Iterator[None]:
+        """httpx's exceptions from this upstream as the gateway's 502 and 504 problems."""
+        try:
+            yield
+        except httpx.TransportError as exc:
+            raise self._problem(exc, mid_response) from exc
+
+    def _problem(self, exc: httpx.TransportError, mid_response: bool) -> ServiceError:
+        timed_out = isinstance(exc, httpx.TimeoutException)
+        if mid_response:
+            logger.warning("upstream failed mid-response", upstream=self.name, error=str(exc))
+            detail = f"The {self.name} service failed while answering."
+        elif timed_out:
+            logger.warning("upstream timed out", upstream=self.name)
+            detail = f"The {self.name} service did not answer within {self.timeout:g} s."
+        else:
+            logger.warning("upstream unavailable", upstream=self.name, error=str(exc))
+            detail = f"The {self.name} service cannot be reached."
+        return UpstreamTimeout(detail) if timed_out else UpstreamUnavailable(detail)
 
 
 class _Spec(NamedTuple):
@@ -42,10 +67,16 @@ class _Spec(NamedTuple):
     rate_limited: bool
 
 
+def upstream_ssl_context(settings: Settings) -> ssl.SSLContext:
+    """Certificates verified against `UPSTREAM_CA_BUNDLE` when set, else the system's CAs."""
+    return ssl.create_default_context(cafile=settings.upstream_ca_bundle)
+
+
 def build_upstreams(
-    settings: Settings, transports: Mapping[str, httpx.AsyncBaseTransport] | None = None
+    settings: Settings, connectors: Mapping[str, Connector] | None = None
 ) -> dict[str, Upstream]:
-    """One pooled client per upstream; `transports` replaces the network in tests."""
+    """One connection pool and one client per upstream; `connectors` stand in for the
+    network in tests."""
     specs = (
         _Spec("audits", "audits", settings.audits_service_url, settings.audits_timeout,
               retry_idempotent=True, rate_limited=False),
@@ -54,11 +85,12 @@ def build_upstreams(
     )  # fmt: skip
     upstreams = {}
     for name, segment, url, timeout, retry, limited in specs:
-        transport = (transports or {}).get(name) or UpstreamTransport(
+        base_url = httpx.URL(url.rstrip("/"))
+        connector = (connectors or {}).get(name) or ConnectionPool(
             max_connections=settings.upstream_max_connections,
             max_keepalive_connections=settings.upstream_max_keepalive,
+            ssl_context=upstream_ssl_context(settings) if base_url.scheme == "https" else None,
         )
-        base_url = httpx.URL(url.rstrip("/"))
         upstreams[name] = Upstream(
             name=name,
             prefix=f"{API_PREFIX}/{segment}",
@@ -66,11 +98,14 @@ def build_upstreams(
             timeout=timeout,
             retry_idempotent=retry,
             rate_limited=limited,
-            transport=transport,
+            connector=connector,
             client=httpx.AsyncClient(
-                base_url=base_url, transport=transport, timeout=timeout, follow_redirects=False
+                base_url=base_url,
+                transport=HttpxTransport(connector),
+                timeout=timeout,
+                follow_redirects=False,
             ),
-            origin=(base_url.host, base_url.port or 80),
+            origin=(base_url.host, base_url.port or default_port(base_url.scheme)),
             host=base_url.netloc,
             timeouts=dict.fromkeys(("connect", "read", "write", "pool"), timeout),
         )

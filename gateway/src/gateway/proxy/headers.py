@@ -1,0 +1,134 @@
+"""Which headers cross the gateway, and when it believes the forwarding headers it is sent."""
+
+from collections.abc import Iterable
+from ipaddress import ip_address
+
+from starlette.types import Scope
+
+from gateway.config import IPNetwork
+from servicekit import REQUEST_ID_HEADER, current_request_id
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+_REQUEST_ID = REQUEST_ID_HEADER.lower().encode()
+# RFC 9110 §7.6.1 plus the de-facto Proxy-* family. Host and the forwarding headers are
+# set by the gateway itself; Expect was already answered by the gateway's own server.
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+_FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+_REQUEST_DROP = _HOP_BY_HOP | _FORWARDING | {b"host", b"expect", _REQUEST_ID}
+# The gateway's server writes its own; two of each would be invalid.
+_RESPONSE_DROP = _HOP_BY_HOP | {b"date", b"server"}
+# The request headers the proxy decides on.
+_READ = _FORWARDING | {b"host", b"content-length", b"transfer-encoding"}
+
+
+def is_trusted(address: str, trusted: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
+
+
+def client_ip(peer: str | None, forwarded_for: str | None, trusted: tuple[IPNetwork, ...]) -> str:
+    """The client's address: `X-Forwarded-For` counts only when the peer is a trusted proxy,
+    read from the right, skipping the trusted proxies that appended themselves."""
+    if peer is None:
+        return "unknown"
+    if not forwarded_for or not is_trusted(peer, trusted):
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not is_trusted(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
+
+
+def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    tokens = [
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+    ]
+    return frozenset(tokens)
+
+
+def _end_to_end(headers: RawHeaders, drop: frozenset[bytes]) -> RawHeaders:
+    listed = _connection_tokens(headers)
+    return [
+        (lowered, value)
+        for name, value in headers
+        if (lowered := name.lower()) not in drop
+        and lowered not in listed
+        and not lowered.startswith(b"proxy-")
+    ]
+
+
+def response_headers(headers: RawHeaders) -> RawHeaders:
+    """An upstream's response headers as the client gets them."""
+    return _end_to_end(headers, _RESPONSE_DROP)
+
+
+class RequestHeaders:
+    """A request's headers as the gateway reads them: the few it decides on, and the
+    forwarding headers, believed only from a trusted proxy (one rule, for both the
+    upstream's `X-Forwarded-*` and the client IP that rate limits count)."""
+
+    __slots__ = ("_incoming", "_scope", "_trusted", "peer", "read")
+
+    def __init__(self, scope: Scope, trusted_proxies: tuple[IPNetwork, ...]) -> None:
+        self._scope = scope
+        self._incoming: RawHeaders = scope["headers"]
+        client = scope.get("client")
+        self.peer: str | None = client[0] if client else None
+        self.read = {name: value for name, value in self._incoming if name in _READ}
+        self._trusted = trusted_proxies
+
+    def get(self, name: bytes) -> bytes | None:
+        """One of the headers the proxy decides on (`Content-Length`, `Host`, …)."""
+        return self.read.get(name)
+
+    @property
+    def from_trusted_proxy(self) -> bool:
+        return (
+            bool(self._trusted) and self.peer is not None and is_trusted(self.peer, self._trusted)
+        )
+
+    def client_ip(self) -> str:
+        forwarded_for = self.read.get(b"x-forwarded-for")
+        chain = forwarded_for.decode("latin-1") if forwarded_for else None
+        return client_ip(self.peer, chain, self._trusted)
+
+    def upstream_headers(self) -> RawHeaders:
+        """End-to-end headers plus the gateway's forwarding headers and request ID."""
+        headers = _end_to_end(self._incoming, _REQUEST_DROP)
+        trusted = self.from_trusted_proxy
+        forwarded_for = self.peer.encode() if self.peer else b"unknown"
+        if trusted and (chain := self.read.get(b"x-forwarded-for")):
+            forwarded_for = chain + b", " + forwarded_for
+        proto = self._scope.get("scheme", "http").encode()
+        host = self.read.get(b"host", b"")
+        if trusted:
+            proto = self.read.get(b"x-forwarded-proto", proto)
+            host = self.read.get(b"x-forwarded-host", host)
+        headers += [
+            (b"x-forwarded-for", forwarded_for),
+            (b"x-forwarded-proto", proto),
+            (_REQUEST_ID, (current_request_id() or "").encode()),
+        ]
+        if host:
+            headers.append((b"x-forwarded-host", host))
+        return headers
