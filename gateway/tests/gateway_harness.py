@@ -2,12 +2,15 @@
 way the gateway reaches an upstream, for the proxy and its httpx clients alike) replaced
 by a `Recorder`."""
 
+import asyncio
+import socket
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import unquote
 
 import httpx
+import uvicorn
 from asgi_lifespan import LifespanManager
 from starlette.types import ASGIApp, Message, Receive
 
@@ -116,5 +119,40 @@ async def running_gateway(
     async with (
         LifespanManager(app) as manager,
         GatewayClient(manager.app, upstreams["audits"], upstreams["llm"]) as client,
+    ):
+        yield client
+
+
+@asynccontextmanager
+async def loopback_server(app: ASGIApp, **config: Any) -> AsyncIterator[int]:
+    """`app` under uvicorn on a free 127.0.0.1 port, in this event loop; yields the port.
+    `config` goes to `uvicorn.Config` (`ssl_certfile`, `ssl_keyfile` for TLS)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", **config))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        for _ in range(500):
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert server.started, "the loopback server did not start"
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@asynccontextmanager
+async def gateway_client(config: Settings, **connectors: Recorder) -> AsyncIterator[GatewayClient]:
+    """The gateway on `config`, its upstreams reached through the production pool except
+    those given in `connectors`."""
+    app = create_app(config, connectors)
+    async with (
+        LifespanManager(app) as manager,
+        GatewayClient(
+            manager.app, connectors.get("audits", Recorder()), connectors.get("llm", Recorder())
+        ) as client,
     ):
         yield client
