@@ -71,9 +71,11 @@ class GatewayClient(httpx.AsyncClient):
         raw_path: bytes,
         headers: list[tuple[bytes, bytes]] | None = None,
         receive: Receive | None = None,
+        watch: Callable[[Message], None] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         """The request exactly as given: httpx normalises `.` and `..` segments, and cannot
-        stall in the middle of a body."""
+        stall in the middle of a body. `watch` sees each response message as it is sent
+        (httpx's ASGI transport hands over a response only once it is complete)."""
         path, _, query = raw_path.partition(b"?")
         scope = {
             "type": "http",
@@ -96,6 +98,8 @@ class GatewayClient(httpx.AsyncClient):
 
         async def send(message: Message) -> None:
             messages.append(message)
+            if watch is not None:
+                watch(message)
 
         await self.app(scope, receive or no_body, send)
         start = messages[0]

@@ -1,6 +1,7 @@
 """The gateway through its production connection pool to real upstreams on 127.0.0.1:
 plain HTTP, and TLS verified against a throwaway CA made here."""
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 import trustme
 from gateway_harness import gateway_client, loopback_server
 from pydantic import ValidationError
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway.config import Settings
 from gateway.upstreams import build_upstreams
@@ -145,3 +146,45 @@ def test_a_ca_bundle_that_is_not_pem_is_refused_at_start_up(tmp_path: Path) -> N
         build_upstreams(
             Settings(audits_service_url="https://audits.example", upstream_ca_bundle=bogus)
         )
+
+
+async def test_server_sent_events_are_relayed_as_they_arrive() -> None:
+    released = asyncio.Event()
+
+    async def events(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        start = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": start})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        # The second event waits until the client has seen the first.
+        await asyncio.wait_for(released.wait(), timeout=5)
+        await send({"type": "http.response.body", "body": b"data: 2\n\n"})
+
+    parts: list[Message] = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+    async def receive() -> Message:
+        if parts:
+            return parts.pop()
+        await asyncio.sleep(10)  # the client stays until the stream ends
+        return {"type": "http.disconnect"}
+
+    seen: list[bytes] = []
+
+    def watch(message: Message) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            seen.append(message["body"])
+            released.set()
+
+    async with loopback_server(events) as port:
+        config = Settings(llm_service_url=f"http://127.0.0.1:{port}")
+        async with gateway_client(config) as gateway:
+            status, headers, body = await asyncio.wait_for(
+                gateway.raw("POST", b"/api/v1/openai/chat", receive=receive, watch=watch),
+                timeout=8,
+            )
+    assert status == 200
+    assert headers["content-type"] == "text/event-stream"
+    assert seen == [b"data: 1\n\n", b"data: 2\n\n"]
+    assert body == b"".join(seen)
