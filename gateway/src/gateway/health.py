@@ -95,10 +95,12 @@ async def readiness(request: Request, upstreams: UpstreamsDep, settings: Setting
 )
 async def database_health(upstreams: UpstreamsDep) -> Response:
     audits = upstreams["audits"]
-    with audits.failures():
+    try:
         response = await audits.client.get(
             "/health/db", headers={REQUEST_ID_HEADER: current_request_id() or ""}
         )
+    except httpx.TransportError as exc:
+        raise audits.problem(exc) from exc
     return Response(
         response.content,
         status_code=response.status_code,

@@ -1,8 +1,7 @@
 """The services behind the gateway: which path prefix goes where, and how each is called."""
 
 import ssl
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -36,15 +35,9 @@ class Upstream:
     def matches(self, path: str) -> bool:
         return path == self.prefix or path.startswith(self.prefix + "/")
 
-    @contextmanager
-    def failures(self, *, mid_response: bool = False) -> Iterator[None]:
-        """httpx's exceptions from this upstream as the gateway's 502 and 504 problems."""
-        try:
-            yield
-        except httpx.TransportError as exc:
-            raise self._problem(exc, mid_response) from exc
-
-    def _problem(self, exc: httpx.TransportError, mid_response: bool) -> ServiceError:
+    def problem(self, exc: httpx.TransportError, *, mid_response: bool = False) -> ServiceError:
+        """The one mapping of this upstream's httpx errors: a timeout is `504
+        upstream_timeout`, any other transport error `502 upstream_unavailable`."""
         timed_out = isinstance(exc, httpx.TimeoutException)
         if mid_response:
             logger.warning("upstream failed mid-response", upstream=self.name, error=str(exc))

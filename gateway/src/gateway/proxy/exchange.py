@@ -172,16 +172,16 @@ class Exchange:
     async def open(self, request: _Outgoing) -> UpstreamResponse:
         """The upstream's response head; a connection error is retried once where the
         method is idempotent, the upstream allows it and the body is still in hand."""
-        with self.upstream.failures():
+        try:
             try:
                 return await self._exchange(request)
             except _RETRYABLE:
                 if not self._may_retry(request):
                     raise
-                logger.info(
-                    "retrying upstream after a connection error", upstream=self.upstream.name
-                )
+                logger.info("retrying after a connection error", upstream=self.upstream.name)
             return await self._exchange(request)
+        except httpx.TransportError as exc:
+            raise self.upstream.problem(exc) from exc
 
     def _may_retry(self, request: _Outgoing) -> bool:
         return (
@@ -211,8 +211,9 @@ class Exchange:
         """A small body of known length is read before the status line goes out, so an
         upstream dying mid-body is a clean 502/504 problem rather than a truncated 200."""
         try:
-            with self.upstream.failures(mid_response=True):
-                content = b"".join([chunk async for chunk in response.stream])
+            content = b"".join([chunk async for chunk in response.stream])
+        except httpx.TransportError as exc:
+            raise self.upstream.problem(exc, mid_response=True) from exc
         finally:
             await response.stream.aclose()
         await self.send(self._start(response))
