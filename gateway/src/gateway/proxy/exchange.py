@@ -104,11 +104,16 @@ class _Body:
             ) from None
 
 
-def _framing(body: bytes | AsyncIterator[bytes]) -> RawHeaders:
-    """The length header of a body the client sent without `Content-Length`."""
-    if not isinstance(body, bytes):
-        return [(b"transfer-encoding", b"chunked")]
-    return [(b"content-length", str(len(body)).encode())] if body else []
+def _framing(body: bytes | AsyncIterator[bytes], declared: bytes | None) -> RawHeaders:
+    """The body's length header, written by the gateway itself: the length of a body in
+    hand, the client's `Content-Length` of one still streaming, else chunked."""
+    if isinstance(body, bytes):
+        if body or declared is not None:
+            return [(b"content-length", str(len(body)).encode())]
+        return []
+    if declared is not None:
+        return [(b"content-length", declared)]
+    return [(b"transfer-encoding", b"chunked")]
 
 
 def _too_large(policy: ProxyPolicy) -> PayloadTooLarge:
@@ -149,9 +154,7 @@ class Exchange:
         chunked = self.headers.get(b"transfer-encoding") is not None
         expected = chunked or declared not in (None, b"0")
         body = await _Body(self.receive, self.policy, expected).read()
-        headers = self.headers.upstream_headers()
-        if declared is None:
-            headers += _framing(body)
+        headers = self.headers.upstream_headers() + _framing(body, declared)
         return _Outgoing(self.scope["method"], self._target(), headers, body)
 
     def _target(self) -> bytes:

@@ -11,8 +11,9 @@ from servicekit import REQUEST_ID_HEADER, current_request_id
 RawHeaders = list[tuple[bytes, bytes]]
 
 _REQUEST_ID = REQUEST_ID_HEADER.lower().encode()
-# RFC 9110 §7.6.1 plus the de-facto Proxy-* family. Host and the forwarding headers are
-# set by the gateway itself; Expect was already answered by the gateway's own server.
+# RFC 9110 §7.6.1 plus the de-facto Proxy-* family. Host, the framing and the forwarding
+# headers are set by the gateway itself, after the client's are filtered, so a `Connection`
+# token can never remove them; Expect was already answered by the gateway's own server.
 _HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -27,7 +28,7 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
-_REQUEST_DROP = _HOP_BY_HOP | _FORWARDING | {b"host", b"expect", _REQUEST_ID}
+_REQUEST_DROP = _HOP_BY_HOP | _FORWARDING | {b"host", b"content-length", b"expect", _REQUEST_ID}
 # The gateway's server writes its own; two of each would be invalid.
 _RESPONSE_DROP = _HOP_BY_HOP | {b"date", b"server"}
 # The request headers the proxy decides on.
