@@ -13,6 +13,8 @@ from typing import IO
 
 from devstack.postgres import free_port
 
+# The gateway is the public edge: its own protocol class adds connection limits to uvicorn's.
+HTTP_PROTOCOLS = {"gateway": "gateway.server:EdgeHttpProtocol"}
 # The gateway applies TRUSTED_PROXIES to X-Forwarded-For itself; uvicorn's own proxy-header
 # handling (on by default, trusting 127.0.0.1) would let any local client pick its address.
 OWN_PROXY_HEADERS = frozenset({"gateway"})
@@ -24,8 +26,11 @@ APPS = {
 }
 
 
-def uvicorn_command(app: str, port: int, *, own_proxy_headers: bool = False) -> list[str]:
-    """How every app of ours is served: an app factory, one worker, uvloop and httptools."""
+def uvicorn_command(
+    app: str, port: int, *, own_proxy_headers: bool = False, http: str = "httptools"
+) -> list[str]:
+    """How every app of ours is served: an app factory, one worker, uvloop and httptools
+    (or `http`, a protocol class built on it)."""
     return [
         sys.executable,
         "-m",
@@ -39,7 +44,7 @@ def uvicorn_command(app: str, port: int, *, own_proxy_headers: bool = False) -> 
         "--loop",
         "uvloop",
         "--http",
-        "httptools",
+        http,
         "--no-access-log",
         *(("--no-proxy-headers",) if own_proxy_headers else ()),
         "--timeout-graceful-shutdown",
@@ -71,7 +76,10 @@ class ServiceProcess:
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> "ServiceProcess":
         command = uvicorn_command(
-            APPS[self.name], self.port, own_proxy_headers=self.name in OWN_PROXY_HEADERS
+            APPS[self.name],
+            self.port,
+            own_proxy_headers=self.name in OWN_PROXY_HEADERS,
+            http=HTTP_PROTOCOLS.get(self.name, "httptools"),
         )
         self.process = subprocess.Popen(
             [*command, *self.extra_args],

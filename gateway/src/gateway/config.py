@@ -23,6 +23,14 @@ class Settings(ServiceSettings):
         gt=0,
         description="Seconds the whole request body may take to arrive before a 408.",
     )
+    client_header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a connection may take to send a request's whole header block.",
+    )
+    max_connections: int = Field(
+        default=1024, gt=0, description="Open client connections per gateway process."
+    )
     max_url_bytes: int = Field(default=8192, gt=0)
     max_header_bytes: int = Field(default=32_768, gt=0)
     rate_limit_llm_per_minute: int = Field(default=60, ge=0, description="0 disables the limit.")

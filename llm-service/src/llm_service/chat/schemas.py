@@ -119,18 +119,28 @@ class ChatStreamEnd(BaseModel):
 # logit_bias, user, stream_options, ...) is forwarded upstream byte for byte.
 
 
+class WireContentPart(BaseModel):
+    """One part of a message's content; only `text` is guarded (counted), other kinds of
+    part (`image_url`, `input_audio`, ...) are forwarded as they are."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: str
+    text: str | None = None
+
+
 class WireMessage(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     role: str
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[WireContentPart] | None = None
 
     def text_size(self) -> int:
         if isinstance(self.content, str):
             return len(self.content)
         if self.content is None:
             return 0
-        return sum(len(part.get("text") or "") for part in self.content)
+        return sum(len(part.text or "") for part in self.content)
 
 
 class WireChatRequest(BaseModel):
