@@ -1,0 +1,311 @@
+"""The gateway as a hostile client meets it: raw sockets against a real gateway process.
+
+Request smuggling through `Connection` tokens and obfuscated framing, header floods,
+slowloris, `Upgrade` with a body, lenient framing, pipelining after an error. Each test checks
+the answer, that nothing reached the upstream that should not have (audit records counted by
+actor), that no answer lands on another request, and that the gateway's memory stays bounded.
+"""
+
+import re
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import psutil
+import pytest
+
+from devstack.processes import ServiceProcess
+from tests.e2e_stack import Stack, gateway_env, start_logged
+
+HEADER_TIMEOUT_S = 1.0
+MAX_CONNECTIONS = 30
+PROBLEM = b"application/problem+json"
+RSS_BOUND_BYTES = 200 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def edge(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """A gateway of its own, with short limits, in front of the session's services."""
+    env = gateway_env(
+        stack.audits.url,
+        stack.llm.url,
+        CLIENT_HEADER_TIMEOUT=str(HEADER_TIMEOUT_S),
+        MAX_CONNECTIONS=str(MAX_CONNECTIONS),
+        RATE_LIMIT_LLM_PER_MINUTE="0",
+    )
+    logs: Path = tmp_path_factory.mktemp("edge-logs")
+    gateway = start_logged("gateway", env, logs / "gateway.log")
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def _connect(service: ServiceProcess) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", service.port), timeout=5)
+    sock.settimeout(5)
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    """Everything the gateway sends until it closes the connection (a hang fails the test)."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def _exchange(service: ServiceProcess, data: bytes) -> bytes:
+    with _connect(service) as sock:
+        sock.sendall(data)
+        return _read_all(sock)
+
+
+def _statuses(raw: bytes) -> list[int]:
+    return [int(status) for status in re.findall(rb"HTTP/1\.[01] (\d{3}) ", raw)]
+
+
+def _records(stack: Stack, actor: str) -> int:
+    response = httpx.get(f"{stack.gateway.url}/api/v1/audits", params={"actor": actor})
+    total: int = response.json()["total"]
+    return total
+
+
+def _rss(service: ServiceProcess) -> int:
+    assert service.process is not None
+    return int(psutil.Process(service.process.pid).memory_info().rss)
+
+
+def _post_audit(actor: str, *headers: bytes) -> bytes:
+    body = orjson.dumps({"action": "create", "actor": actor, "resource_type": "edge"})
+    lines = [
+        b"POST /api/v1/audits HTTP/1.1",
+        b"Host: edge",
+        b"Content-Type: application/json",
+        *headers,
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body, body
+
+
+def _smuggled(actor: str) -> bytes:
+    inner = orjson.dumps({"action": "create", "actor": actor, "resource_type": "r"})
+    return (
+        b"POST /api/v1/audits HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(inner)).encode() + b"\r\n\r\n" + inner
+    )
+
+
+@pytest.mark.parametrize(
+    "token", [b"content-length", b"transfer-encoding", b"host", b"x-request-id", b"x-forwarded-for"]
+)
+def test_connection_tokens_cannot_remove_framing_or_gateway_headers(
+    stack: Stack, edge: ServiceProcess, token: bytes
+) -> None:
+    outer_actor, inner_actor = f"outer-{uuid.uuid4()}", f"smuggled-{uuid.uuid4()}"
+    smuggled = _smuggled(inner_actor)
+    outer = orjson.dumps({"action": "create", "actor": outer_actor, "resource_type": "edge"})
+    # The outer body is a valid record followed by a whole second request.
+    payload = outer + smuggled
+    request = (
+        b"POST /api/v1/audits HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+        b"Connection: " + token + b"\r\nContent-Length: " + str(len(payload)).encode() + b"\r\n\r\n"
+    )
+    raw = _exchange(edge, request + payload + b"GET /health HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n")
+    statuses = _statuses(raw)
+    # The upstream sees one body (invalid JSON with trailing bytes): one answer to it, then
+    # the pipelined /health; never a second record.
+    assert statuses[-1] == 200 and len(statuses) == 2, raw[:2000]
+    assert _records(stack, inner_actor) == 0
+
+
+def test_smuggled_request_via_connection_content_length_is_one_body(
+    stack: Stack, edge: ServiceProcess
+) -> None:
+    inner_actor = f"smuggled-{uuid.uuid4()}"
+    smuggled = _smuggled(inner_actor)
+    request = (
+        b"POST /api/v1/audits HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+        b"Connection: content-length\r\nContent-Length: " + str(len(smuggled)).encode()
+        + b"\r\n\r\n" + smuggled
+    )
+    raw = _exchange(edge, request + b"GET /health HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n")
+    assert _statuses(raw) == [422, 200], raw[:2000]
+    assert _records(stack, inner_actor) == 0
+
+
+@pytest.mark.parametrize(
+    ("framing", "status"),
+    [
+        (b"Transfer-Encoding: chunked\r\nContent-Length: 4", 400),  # CL.TE
+        (b"Content-Length: 4\r\nTransfer-Encoding: chunked", 400),  # TE.CL
+        (b"Content-Length: 4\r\nTransfer-Encoding:\x0bchunked", 400),
+        (b"Content-Length: 4\r\nTransfer-Encoding : chunked", 400),
+        (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity", 400),
+        (b"Transfer-Encoding: gzip, chunked", 400),
+        (b"Transfer-Encoding: xchunked", 400),
+        (b"Content-Length: 4\r\nContent-Length: 5", 400),
+        (b"Content-Length: +4", 400),
+    ],
+)
+def test_ambiguous_framing_is_refused_and_nothing_after_it_is_read(
+    stack: Stack, edge: ServiceProcess, framing: bytes, status: int
+) -> None:
+    actor = f"te-{uuid.uuid4()}"
+    smuggled = _smuggled(actor)
+    request = (
+        b"POST /api/v1/audits HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+        + framing + b"\r\n\r\n0\r\n\r\n" + smuggled
+    )
+    raw = _exchange(edge, request)
+    assert _statuses(raw) == [status], raw[:2000]
+    assert PROBLEM in raw and b"connection: close" in raw
+    assert _records(stack, actor) == 0
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /health HTTP/1.1\r\n",
+        b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n",
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n",
+        b"FOO /health HTTP/1.1\r\nHost: e\r\n",
+        b"GET /\xff\x00 HTTP/1.1\r\nHost: e\r\n",
+        b"GET /health HTTP/1.1\nHost: e\n",
+        b"GET /health HTTP/1.1\r\nHost: e\r\nX-A: a\r\n folded\r\n",
+    ],
+)
+def test_malformed_requests_get_a_problem_and_a_closed_connection(
+    edge: ServiceProcess, head: bytes
+) -> None:
+    raw = _exchange(edge, head + b"\r\nGET /health HTTP/1.1\r\nHost: e\r\n\r\n")
+    statuses = _statuses(raw)
+    assert len(statuses) == 1 and statuses[0] in (400, 405), raw[:2000]
+    assert PROBLEM in raw and b'"request_id"' in raw
+
+
+def test_upgrade_with_a_body_is_refused_not_hung(stack: Stack, edge: ServiceProcess) -> None:
+    actor = f"upgrade-{uuid.uuid4()}"
+    body = orjson.dumps({"action": "create", "actor": actor, "resource_type": "edge"})
+    request = (
+        b"POST /api/v1/audits HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+        b"Upgrade: h2c\r\nConnection: upgrade\r\nContent-Length: " + str(len(body)).encode()
+        + b"\r\n\r\n" + body
+    )
+    started = time.monotonic()
+    raw = _exchange(edge, request)
+    assert _statuses(raw) == [400], raw[:2000]
+    assert time.monotonic() - started < 5
+    assert _records(stack, actor) == 0
+
+
+def test_upgrade_without_a_body_is_served_and_the_connection_closed(edge: ServiceProcess) -> None:
+    request = b"GET /health HTTP/1.1\r\nHost: e\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n"
+    raw = _exchange(edge, request + b"GET /health HTTP/1.1\r\nHost: e\r\n\r\n")
+    assert _statuses(raw) == [200], raw[:2000]
+
+
+def test_an_endless_header_line_is_cut_off_with_431_and_memory_stays_bounded(
+    edge: ServiceProcess,
+) -> None:
+    before = _rss(edge)
+    sockets = [_connect(edge) for _ in range(4)]
+    try:
+        for sock in sockets:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: e\r\nX-Big: ")
+        chunk = b"a" * 65536
+        answers = []
+        for sock in sockets:
+            try:
+                for _ in range(1600):  # up to 100 MiB each; the gateway closes long before
+                    sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            try:
+                answers.append(_read_all(sock))
+            except ConnectionResetError:
+                answers.append(b"HTTP/1.1 431 (reset after the answer)")
+        assert all(_statuses(answer) == [431] for answer in answers), [a[:200] for a in answers]
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert _rss(edge) - before < RSS_BOUND_BYTES
+
+
+def test_headers_dripped_a_byte_at_a_time_get_408_at_the_deadline(edge: ServiceProcess) -> None:
+    with _connect(edge) as sock:
+        started = time.monotonic()
+        raw = b""
+        for byte in b"GET /health HTTP/1.1\r\nHost: e\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa":
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.1)
+            if time.monotonic() - started > HEADER_TIMEOUT_S + 1:
+                break
+        raw = _read_all(sock)
+    assert _statuses(raw) == [408], raw[:500]
+    assert PROBLEM in raw
+    assert time.monotonic() - started < HEADER_TIMEOUT_S + 3
+
+
+def test_an_idle_new_connection_is_closed_at_the_header_deadline(edge: ServiceProcess) -> None:
+    with _connect(edge) as sock:
+        started = time.monotonic()
+        assert _read_all(sock) == b""
+    assert time.monotonic() - started < HEADER_TIMEOUT_S + 2
+
+
+def test_connections_beyond_the_cap_are_answered_503_at_once(edge: ServiceProcess) -> None:
+    held = [_connect(edge) for _ in range(MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.2)
+        with _connect(edge) as extra:
+            raw = _read_all(extra)
+        assert _statuses(raw) == [503], raw[:500]
+        assert PROBLEM in raw
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.2)
+    assert _statuses(_exchange(edge, b"GET /health HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n")) == [200]
+
+
+def test_a_malformed_pipelined_request_never_takes_the_first_ones_answer(
+    stack: Stack, edge: ServiceProcess
+) -> None:
+    actor = f"pipelined-{uuid.uuid4()}"
+    first, _ = _post_audit(actor, b"Content-Length: " + str(len(_post_audit(actor)[1])).encode())
+    second = b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"
+    third = _smuggled(f"never-{actor}")
+    raw = _exchange(edge, first + second + third)
+    # The first request's own answer, then the connection closes: the second is refused by
+    # closing after the first answer, and the third is never read.
+    statuses = _statuses(raw)
+    assert statuses[0] == 201, raw[:2000]
+    assert actor.encode() in raw.split(b"\r\n\r\n", 1)[1]
+    assert statuses[1:] in ([], [400])
+    assert _records(stack, actor) == 1
+    assert _records(stack, f"never-{actor}") == 0
+
+
+@pytest.mark.parametrize("text", [b"5", b"true", b"5.5", b"1e30"])
+@pytest.mark.parametrize("stream", [b"false", b"true"])
+@pytest.mark.parametrize("role", [b"system", b"user"])
+def test_non_string_content_part_text_is_422(
+    edge: ServiceProcess, text: bytes, stream: bytes, role: bytes
+) -> None:
+    body = (
+        b'{"model":"gpt-4o-mini","stream":' + stream + b',"messages":[{"role":"' + role
+        + b'","content":[{"type":"text","text":' + text + b"}]}]}"
+    )
+    response = httpx.post(
+        f"{edge.url}/api/v1/openai/v1/chat/completions",
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
