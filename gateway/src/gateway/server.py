@@ -20,7 +20,6 @@ import asyncio
 import uuid
 from functools import cache
 
-import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
@@ -46,7 +45,9 @@ def _bad_request(detail: str) -> Refusal:
     return Refusal(400, "bad_request", "Bad Request", detail)
 
 
-def framing_refusal(method: str, headers: list[tuple[bytes, bytes]], http_11: bool) -> Refusal | None:
+def framing_refusal(
+    method: str, headers: list[tuple[bytes, bytes]], http_11: bool
+) -> Refusal | None:
     """Why a parsed header block is refused, or None: the framing rules of RFC 9112 the parser
     itself is lenient about."""
     hosts = sum(1 for name, _ in headers if name == b"host")
