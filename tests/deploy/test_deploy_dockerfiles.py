@@ -125,6 +125,8 @@ def test_cmd_is_uvicorn_factory_configured_from_env(
     if service == "gateway":
         # TRUSTED_PROXIES alone decides whose X-Forwarded-For the gateway believes.
         assert params["proxy_headers"] is False
+        # The edge's connection limits live in the gateway's own protocol class.
+        assert params["http"] == "gateway.server:EdgeHttpProtocol"
     else:
         # Only the gateway reaches the internal services; they believe its X-Forwarded-*.
         assert params["proxy_headers"] is True
