@@ -25,15 +25,15 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gateway.config import Settings
 from servicekit import REQUEST_ID_HEADER
+from servicekit.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    RequestHeadersTooLarge,
+    RequestTimeout,
+    ServiceError,
+    ServiceUnavailable,
+)
 from servicekit.problems import PROBLEM_MEDIA_TYPE, problem_body
-
-
-class Refusal(Exception):
-    """A request the server answers itself with a problem, then closes the connection."""
-
-    def __init__(self, status: int, code: str, title: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.code, self.title, self.detail = status, code, title, detail
 
 
 @cache
@@ -41,34 +41,28 @@ def _settings() -> Settings:
     return Settings()
 
 
-def _bad_request(detail: str) -> Refusal:
-    return Refusal(400, "bad_request", "Bad Request", detail)
-
-
 def framing_refusal(
     method: str, headers: list[tuple[bytes, bytes]], http_11: bool
-) -> Refusal | None:
+) -> ServiceError | None:
     """Why a parsed header block is refused, or None: the framing rules of RFC 9112 the parser
     itself is lenient about."""
     hosts = sum(1 for name, _ in headers if name == b"host")
     if hosts > 1 or (http_11 and hosts == 0):
-        return _bad_request("An HTTP/1.1 request needs exactly one Host header.")
+        return BadRequest("An HTTP/1.1 request needs exactly one Host header.")
     codings = [value for name, value in headers if name == b"transfer-encoding"]
     if codings and (len(codings) > 1 or codings[0].strip().lower() != b"chunked"):
-        return _bad_request("The only Transfer-Encoding accepted is a single `chunked`.")
+        return BadRequest("The only Transfer-Encoding accepted is a single `chunked`.")
     if method == "CONNECT":
-        return Refusal(
-            405, "method_not_allowed", "Method Not Allowed", "The gateway is not a forward proxy."
-        )
+        return MethodNotAllowed("The gateway is not a forward proxy.")
     has_body = codings or any(
         name == b"content-length" and value.strip() != b"0" for name, value in headers
     )
     if has_body and any(name == b"upgrade" for name, _ in headers):
-        return _bad_request("Upgrade is not supported on a request with a body.")
+        return BadRequest("Upgrade is not supported on a request with a body.")
     return None
 
 
-def problem_bytes(refusal: Refusal) -> bytes:
+def problem_bytes(refusal: ServiceError) -> bytes:
     request_id = str(uuid.uuid4())
     body = problem_body(refusal.status, refusal.code, refusal.title, refusal.detail)
     body["request_id"] = request_id
@@ -96,15 +90,12 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self.header_bytes = 0
         self.awaiting_headers = True
         self.refused = False
-        self.pending_refusal: Refusal | None = None
+        self.pending_refusal: ServiceError | None = None
         self.header_deadline: asyncio.TimerHandle | None = None
         if len(self.connections) > settings.max_connections:
             self.refuse(
-                Refusal(
-                    503,
-                    "service_unavailable",
-                    "Service Unavailable",
-                    f"More than {settings.max_connections} connections are open; retry later.",
+                ServiceUnavailable(
+                    f"More than {settings.max_connections} connections are open; retry later."
                 )
             )
             return
@@ -124,18 +115,15 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self.awaiting_headers and self.header_bytes > self.max_header_block and not self.refused:
             self.refuse(
-                Refusal(
-                    431,
-                    "request_header_fields_too_large",
-                    "Request Header Fields Too Large",
-                    f"The request line and headers exceed {self.max_header_block} bytes.",
+                RequestHeadersTooLarge(
+                    f"The request line and headers exceed {self.max_header_block} bytes."
                 )
             )
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn calls this on a parse error: a callback's refusal, or bytes that are not HTTP."""
         refusal, self.pending_refusal = self.pending_refusal, None
-        self.refuse(refusal or _bad_request("The request is not valid HTTP/1.1."))
+        self.refuse(refusal or BadRequest("The request is not valid HTTP/1.1."))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -176,15 +164,10 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         self.refuse(
-            Refusal(
-                408,
-                "request_timeout",
-                "Request Timeout",
-                f"The request headers did not arrive within {self.header_timeout:g} s.",
-            )
+            RequestTimeout(f"The request headers did not arrive within {self.header_timeout:g} s.")
         )
 
-    def refuse(self, refusal: Refusal) -> None:
+    def refuse(self, refusal: ServiceError) -> None:
         """Answer `refusal` and close. While an earlier request's response is still due, that
         response goes out first and the connection closes after it, so no answer ever goes to
         the wrong request."""
