@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from audits_service.audits import models  # noqa: F401  (registers the tables)
 from audits_service.config import Settings, normalise_database_url
 from audits_service.database import Base
+from audits_service.trail import models as trail_models  # noqa: F401
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

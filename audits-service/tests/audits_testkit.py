@@ -16,6 +16,8 @@ Params = dict[str, str | int]
 
 ALEMBIC_INI = Path(__file__).resolve().parents[2] / "migrations" / "alembic.ini"
 AUDITS = "/api/v1/audits"
+# The login role the tests' services use (a member of the migrations' `audits_app` group).
+SERVICE_LOGIN = "audits_service"
 
 
 def alembic_config(database_url: str) -> Config:

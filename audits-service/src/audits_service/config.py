@@ -36,6 +36,12 @@ class Settings(ServiceSettings):
         default=5.0, gt=0, description="Seconds any one statement may take."
     )
     idempotency_ttl: int = Field(default=86400, ge=1, description="Seconds.")
+    audit_seal_interval: float = Field(
+        default=10.0, gt=0, description="Seconds between sealing rounds of the trail."
+    )
+    audit_retention_days: int | None = Field(
+        default=None, ge=1, description="Records older than this are purged; unset: kept."
+    )
     migrations_dir: Path = _REPO_MIGRATIONS
 
     @field_validator("database_url", mode="before")

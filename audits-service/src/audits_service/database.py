@@ -4,12 +4,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Final
 
+import asyncpg
 from asyncpg import PostgresError
 from fastapi import Depends, Request
 from sqlalchemy import MetaData
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -134,6 +136,15 @@ def create_engine(settings: Settings) -> AsyncEngine:
             },
         },
     )
+
+
+async def driver_connection(connection: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under `connection`, for bulk reads that skip SQLAlchemy's
+    row processing and for session-level advisory locks."""
+    raw = await connection.get_raw_connection()
+    driver: asyncpg.Connection | None = raw.driver_connection
+    assert driver is not None, "a pooled connection always has its driver connection"
+    return driver
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

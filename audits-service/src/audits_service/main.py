@@ -1,5 +1,3 @@
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -11,11 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from audits_service import __version__
 from audits_service.audits.router import router as audits_router
-from audits_service.audits.service import purge_expired_keys
 from audits_service.config import Settings
 from audits_service.database import create_engine, create_sessionmaker
 from audits_service.health import database_ready, migration_head
 from audits_service.health import router as database_health_router
+from audits_service.trail.maintenance import background_jobs
+from audits_service.trail.router import router as trail_router
 from servicekit import (
     NO_TELEMETRY,
     health_router,
@@ -24,26 +23,12 @@ from servicekit import (
     operation_id,
 )
 
-# How often expired idempotency keys are deleted, in seconds.
-PURGE_INTERVAL = 600.0
-
 
 class State(TypedDict):
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     migration_head: str | None
-
-
-async def _purge_forever(engine: AsyncEngine) -> None:
-    while True:
-        await asyncio.sleep(PURGE_INTERVAL)
-        try:
-            purged = await purge_expired_keys(engine)
-        except Exception as exc:  # the database may be down; try again next round
-            logger.warning("idempotency key purge failed: {}", type(exc).__name__)
-        else:
-            logger.info("idempotency keys purged", purged=purged)
 
 
 @asynccontextmanager
@@ -57,18 +42,15 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
         pool_size=settings.db_pool_size,
         migration_head=head,
     )
-    purge = asyncio.create_task(_purge_forever(engine))
     try:
-        yield {
-            "settings": settings,
-            "engine": engine,
-            "sessionmaker": create_sessionmaker(engine),
-            "migration_head": head,
-        }
+        async with background_jobs(engine, settings):
+            yield {
+                "settings": settings,
+                "engine": engine,
+                "sessionmaker": create_sessionmaker(engine),
+                "migration_head": head,
+            }
     finally:
-        purge.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await purge
         await engine.dispose()
 
 
@@ -88,5 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_servicekit(app, service="audits", settings=settings)
     app.include_router(health_router("audits", ready=database_ready))
     app.include_router(database_health_router)
+    # Before the records' router: `/audits/verify` and `/audits/head` are not record ids.
+    app.include_router(trail_router, prefix="/api/v1")
     app.include_router(audits_router, prefix="/api/v1")
     return app

@@ -100,7 +100,7 @@ async def read_audit(audit_id: AuditId, session: SessionDep) -> AuditRecordRespo
 async def update_audit(
     audit_id: AuditId, body: AuditRecordUpdate, session: SessionDep
 ) -> AuditRecordResponse:
-    return await service.update_audit(session, audit_id, body)
+    return await service.update_audit(session, audit_id, body, current_request_id() or "")
 
 
 @router.delete(
@@ -111,4 +111,4 @@ async def update_audit(
     responses=problem_responses(404, 422, 503),
 )
 async def delete_audit(audit_id: AuditId, session: SessionDep) -> None:
-    await service.delete_audit(session, audit_id)
+    await service.delete_audit(session, audit_id, current_request_id() or "")

@@ -36,6 +36,8 @@ _INSERT = insert(audit_record).returning(*_COLUMNS)
 _NEWEST_FIRST = (audit_record.c.created_at.desc(), audit_record.c.id.desc())
 # Seed of `hashtextextended` for the advisory lock guarding one idempotency key.
 _IDEMPOTENCY_LOCK_SEED = 0x6175646974
+# Transaction-local setting the trail's trigger reads for the request_id of an event.
+_REQUEST_ID_SETTING = "audit.request_id"
 _PURGE_BATCH = 10_000
 _PURGE_MAX_BATCHES = 100
 
@@ -175,15 +177,21 @@ async def list_audits(session: AsyncSession, params: AuditListParams) -> AuditRe
     )
 
 
+def _for_request(request_id: str) -> ColumnElement[bool]:
+    """A condition that is always true and, as it is evaluated, tells the trail's trigger
+    which request changes the row: the event gets its request_id in the same round trip."""
+    return func.set_config(_REQUEST_ID_SETTING, request_id, True).is_not(None)
+
+
 async def update_audit(
-    session: AsyncSession, audit_id: UUID, data: AuditRecordUpdate
+    session: AsyncSession, audit_id: UUID, data: AuditRecordUpdate, request_id: str
 ) -> AuditRecordResponse:
     c = audit_record.c
     # Strictly later than before even if the clock steps back or two updates share a tick.
     updated_at = func.greatest(func.now(), c.updated_at + timedelta(microseconds=1))
     statement = (
         update(audit_record)
-        .where(c.id == audit_id)
+        .where(c.id == audit_id, _for_request(request_id))
         .values(**data.model_dump(exclude_unset=True), updated_at=updated_at)
         .returning(*_COLUMNS)
     )
@@ -194,8 +202,8 @@ async def update_audit(
     return _response(row)
 
 
-async def delete_audit(session: AsyncSession, audit_id: UUID) -> None:
-    statement = delete(audit_record).where(audit_record.c.id == audit_id)
+async def delete_audit(session: AsyncSession, audit_id: UUID, request_id: str) -> None:
+    statement = delete(audit_record).where(audit_record.c.id == audit_id, _for_request(request_id))
     deleted = (await session.execute(statement.returning(audit_record.c.id))).scalar_one_or_none()
     if deleted is None:
         raise AuditNotFound(f"No audit record with id {audit_id}.")

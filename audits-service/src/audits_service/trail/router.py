@@ -1,0 +1,70 @@
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Path, Query, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from audits_service.trail import service
+from audits_service.trail.schemas import AuditHistory, TrailHead, VerifyReport
+from servicekit import problem_responses
+
+router = APIRouter(prefix="/audits", tags=["trail"])
+
+HISTORY_LIMIT_MAX = 1000
+
+
+def _engine(request: Request) -> AsyncEngine:
+    engine: AsyncEngine = request.state.engine
+    return engine
+
+
+@router.get(
+    "/verify",
+    summary="Verify the whole trail",
+    description=(
+        "Recomputes every sealed event's hash and every checkpoint from the database, and "
+        "checks each record against its last event. 200 either way: the answer is `status`, "
+        "and `first_broken` names the earliest problem. With `since_hash` (a `head.hash` "
+        "published earlier) it also proves the trail still extends that head."
+    ),
+    responses=problem_responses(422, 503),
+)
+async def verify_trail(
+    request: Request,
+    since_hash: Annotated[
+        str | None,
+        Query(
+            pattern="^[0-9a-f]{64}$",
+            description="An earlier `head.hash` (lowercase hex).",
+            examples=["5c2b8e0f4f3e1d6a9b7c0e2d4f6a8b0c1d3e5f7a9b0c2d4e6f8a0b1c3d5e7f9a"],
+        ),
+    ] = None,
+) -> VerifyReport:
+    return await service.verify(_engine(request), since_hash)
+
+
+@router.get(
+    "/head",
+    summary="The current head of the trail",
+    description="The last sealed event's `seq` and `hash`: publish it elsewhere, and later "
+    "`verify?since_hash=` proves the trail extends it.",
+    responses=problem_responses(503),
+)
+async def read_trail_head(request: Request) -> TrailHead:
+    return await service.head(_engine(request))
+
+
+@router.get(
+    "/{audit_id}/history",
+    summary="A record's events, oldest first",
+    description="Every create, update, delete and purge of the record, each with its hash "
+    "(null until sealed). Deleted records keep their history. 404 if the id never existed.",
+    responses=problem_responses(404, 422, 503),
+)
+async def read_audit_history(
+    request: Request,
+    audit_id: Annotated[UUID, Path(description="The record's id.")],
+    after: Annotated[int, Query(ge=0, le=2**63 - 1, description="Events after this seq.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=HISTORY_LIMIT_MAX, description="Page size.")] = 100,
+) -> AuditHistory:
+    return await service.history(_engine(request), audit_id, after, limit)

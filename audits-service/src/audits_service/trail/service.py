@@ -1,0 +1,96 @@
+"""Reading the trail: a record's history, the head, verification."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from uuid import UUID
+
+import asyncpg
+import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from audits_service.audits.exceptions import AuditNotFound
+from audits_service.database import DatabaseUnavailable, driver_connection, is_unavailable
+from audits_service.trail import verification
+from audits_service.trail.canonical import EVENT_COLUMNS
+from audits_service.trail.schemas import (
+    AuditEventResponse,
+    AuditHistory,
+    BrokenAt,
+    TrailHead,
+    VerifyReport,
+)
+
+_HISTORY = f"""
+SELECT {EVENT_COLUMNS}, h.hash FROM audit_event e LEFT JOIN audit_event_hash h USING (seq)
+WHERE e.record_id = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3
+"""  # noqa: S608
+
+
+@asynccontextmanager
+async def _driver(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection's asyncpg driver; database failures become `DatabaseUnavailable`."""
+    try:
+        async with engine.connect() as connection:
+            yield await driver_connection(connection)
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise DatabaseUnavailable from exc
+        raise
+
+
+def _event(row: asyncpg.Record) -> AuditEventResponse:
+    return AuditEventResponse(
+        seq=row["seq"],
+        record_id=row["record_id"],
+        op=row["op"],
+        at=row["at"],
+        request_id=row["request_id"],
+        client_id=row["client_id"],
+        state=orjson.loads(row["state_json"]),
+        hash=None if row["hash"] is None else bytes(row["hash"]).hex(),
+    )
+
+
+async def history(engine: AsyncEngine, record_id: UUID, after: int, limit: int) -> AuditHistory:
+    async with _driver(engine) as connection:
+        rows = await connection.fetch(_HISTORY, record_id, after, limit + 1)
+    if not rows and after == 0:
+        raise AuditNotFound(f"No audit record with id {record_id} has ever existed.")
+    items = [_event(row) for row in rows[:limit]]
+    next_after = items[-1].seq if len(rows) > limit else None
+    return AuditHistory(items=items, next_after=next_after)
+
+
+def _head(head: verification.Head) -> TrailHead:
+    return TrailHead(seq=head.seq, hash=head.hash, sealed_at=head.sealed_at)
+
+
+async def head(engine: AsyncEngine) -> TrailHead:
+    async with _driver(engine) as connection:
+        return _head(await verification.read_head(connection))
+
+
+async def verify(engine: AsyncEngine, since_hash: str | None) -> VerifyReport:
+    try:
+        report = await verification.verify(
+            engine, bytes.fromhex(since_hash) if since_hash else None
+        )
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise DatabaseUnavailable from exc
+        raise
+    broken = report.first_broken
+    return VerifyReport(
+        status="intact" if broken is None else "broken",
+        events_checked=report.events_checked,
+        checkpoints_checked=report.checkpoints_checked,
+        head=_head(report.head),
+        first_broken=None
+        if broken is None
+        else BrokenAt(
+            seq=broken.seq,
+            reason=broken.reason,
+            record_id=broken.record_id,
+            checkpoint=broken.checkpoint,
+        ),
+    )
