@@ -96,3 +96,47 @@ def test_env_reads_database_url_from_the_environment(
         return str(value)
 
     assert asyncio.run(version()) == migration_head(Path(ALEMBIC_INI).parent)
+
+
+def _run(url: str, *statements: str) -> list[tuple[object, ...]]:
+    async def run() -> list[tuple[object, ...]]:
+        engine = create_async_engine(normalise_database_url(url))
+        rows: list[tuple[object, ...]] = []
+        async with engine.begin() as connection:
+            for statement in statements:
+                result = await connection.execute(text(statement))
+                if result.returns_rows:
+                    rows = [tuple(row) for row in result]
+        await engine.dispose()
+        return rows
+
+    return asyncio.run(run())
+
+
+def test_existing_records_get_a_create_event(fresh_database_url: str) -> None:
+    config = alembic_config(fresh_database_url)
+    command.upgrade(config, "8b21e4c7d9a0")
+    _run(
+        fresh_database_url,
+        "INSERT INTO audit_record (action, actor, resource_type, request_id, created_at)"
+        " SELECT 'read', 'before-' || n, 'r', 'old-' || n, now() - n * interval '1 hour'"
+        " FROM generate_series(1, 3) AS n",
+    )
+    command.upgrade(config, "head")
+    events = _run(
+        fresh_database_url,
+        "SELECT e.op, e.request_id, e.state = audit_record_state(r)"
+        " FROM audit_event e JOIN audit_record r ON r.id = e.record_id ORDER BY e.seq",
+    )
+    # Oldest record first, each with its own request_id and its current state.
+    assert events == [("create", f"old-{n}", True) for n in (3, 2, 1)]
+
+    command.downgrade(config, "8b21e4c7d9a0")
+    assert "audit_event" not in tables(fresh_database_url)
+    functions = _run(
+        fresh_database_url,
+        "SELECT proname FROM pg_proc WHERE proname LIKE 'audit%'",
+    )
+    assert functions == []
+    triggers = _run(fresh_database_url, "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")
+    assert triggers == []

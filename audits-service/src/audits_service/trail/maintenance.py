@@ -32,7 +32,8 @@ async def _every(name: str, interval: float, job: Callable[[], Awaitable[int | N
                 logger.info(name, count=done)
 
 
-async def _purge_keys(engine: AsyncEngine) -> int | None:
+async def purge_keys_as_leader(engine: AsyncEngine) -> int | None:
+    """Purge expired idempotency keys unless another replica is; None when it is."""
     async with leader(engine, JobLock.IDEMPOTENCY_PURGE) as lock:
         if lock is None:
             return None
@@ -43,7 +44,7 @@ async def _purge_keys(engine: AsyncEngine) -> int | None:
 async def background_jobs(engine: AsyncEngine, settings: Settings) -> AsyncIterator[None]:
     jobs = [
         _every("events sealed", settings.audit_seal_interval, lambda: seal(engine)),
-        _every("idempotency keys purged", KEY_PURGE_INTERVAL, lambda: _purge_keys(engine)),
+        _every("idempotency keys purged", KEY_PURGE_INTERVAL, lambda: purge_keys_as_leader(engine)),
     ]
     days = settings.audit_retention_days
     if days is not None:
