@@ -1,7 +1,8 @@
 """`make run`: the whole stack on this machine, no Docker.
 
 PostgreSQL from the embedded wheel in `.data/postgres` (unless DATABASE_URL is set),
-migrations, then audits, llm and gateway under uvicorn, all logging to stdout. Ctrl-C or
+migrations and the audits service's login role, then audits (logged in as that role, not as
+the tables' owner), llm and gateway under uvicorn, all logging to stdout. Ctrl-C or
 SIGTERM stops everything this process started, the database included.
 """
 
@@ -16,6 +17,7 @@ from types import FrameType
 
 from loguru import logger
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from devstack.postgres import EmbeddedPostgres
 from devstack.processes import ServiceProcess, repo_root
@@ -31,6 +33,9 @@ class RunSettings(BaseSettings):
     audits_port: int = 8001
     llm_port: int = 8002
     database_url: str | None = None
+    # The audits service's login role (a member of the migrations' `audits_app` group).
+    audits_db_user: str = "audits_service"
+    audits_db_password: str | None = None
     log_level: str = "INFO"
 
 
@@ -56,6 +61,18 @@ def migrate(database_url: str) -> None:
         env={**os.environ, "DATABASE_URL": database_url},
         check=True,
     )
+
+
+def provision_service_role(database_url: str, settings: RunSettings) -> str:
+    """Create or update the audits login role; returns the URL the service logs in with."""
+    env = {**os.environ, "DATABASE_URL": database_url, "AUDITS_DB_USER": settings.audits_db_user}
+    if settings.audits_db_password is not None:
+        env["AUDITS_DB_PASSWORD"] = settings.audits_db_password
+    subprocess.run([sys.executable, "-m", "audits_service.roles"], env=env, check=True)
+    url = make_url(database_url).set(
+        username=settings.audits_db_user, password=settings.audits_db_password
+    )
+    return url.render_as_string(hide_password=False)
 
 
 def wait_ready(url: str, timeout: float) -> int:
@@ -100,7 +117,7 @@ def main() -> int:
             database_url = database.url
             logger.info("embedded PostgreSQL ready", port=database.port, data=".data/postgres")
         migrate(database_url)
-        audits.env["DATABASE_URL"] = database_url
+        audits.env["DATABASE_URL"] = provision_service_role(database_url, settings)
         services.insert(0, audits.start(wait=False))
         for service in services:
             service.wait_live()

@@ -55,6 +55,8 @@ DEPLOYMENT_VARIABLES = {
     "POSTGRES_USER",
     "POSTGRES_PASSWORD",
     "POSTGRES_DB",
+    "AUDITS_DB_USER",
+    "AUDITS_DB_PASSWORD",
     "IMAGE_TAG",
 }
 APP_SERVICES = {"gateway": "gateway", "audits": "audits-service", "llm": "llm-service"}
@@ -109,7 +111,7 @@ def test_schema_is_strict_enough_to_catch_typos(compose: dict[str, Any]) -> None
 
 def test_only_the_gateway_publishes_a_port(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"postgres", "migrations", "audits", "llm", "gateway"}
+    assert set(services) == {"postgres", "migrations", "audits-role", "audits", "llm", "gateway"}
     publishing = {name for name, service in services.items() if service.get("ports")}
     assert publishing == {"gateway"}
     assert services["gateway"]["ports"] == ["${GATEWAY_PORT:-8000}:8000"]
@@ -125,6 +127,7 @@ def test_database_and_internal_services_stay_off_the_public_network(
     assert networks["services"]["internal"] is True
     assert set(services["postgres"]["networks"]) == {"data"}
     assert set(services["migrations"]["networks"]) == {"data"}
+    assert set(services["audits-role"]["networks"]) == {"data"}
     assert set(services["audits"]["networks"]) == {"data", "services"}
     # The gateway and llm share no network with PostgreSQL.
     for name in ("gateway", "llm"):
@@ -149,13 +152,15 @@ def test_start_order_gates(compose: dict[str, Any]) -> None:
         return {dep: spec["condition"] for dep, spec in services[name]["depends_on"].items()}
 
     assert gates("migrations") == {"postgres": "service_healthy"}
+    assert gates("audits-role") == {"migrations": "service_completed_successfully"}
     assert gates("audits") == {
         "postgres": "service_healthy",
-        "migrations": "service_completed_successfully",
+        "audits-role": "service_completed_successfully",
     }
     assert gates("gateway") == {"audits": "service_healthy", "llm": "service_healthy"}
     assert "depends_on" not in services["llm"]
     assert services["migrations"]["restart"] == "no"
+    assert services["audits-role"]["restart"] == "no"
 
 
 def test_migrations_run_once_from_the_audits_image(compose: dict[str, Any]) -> None:
@@ -164,7 +169,13 @@ def test_migrations_run_once_from_the_audits_image(compose: dict[str, Any]) -> N
     assert migrations["image"] == audits["image"]
     assert migrations["build"] == audits["build"]
     assert migrations["command"] == ["alembic", "-c", "migrations/alembic.ini", "upgrade", "head"]
-    assert migrations["environment"]["DATABASE_URL"] == audits["environment"]["DATABASE_URL"]
+    role = compose["services"]["audits-role"]
+    assert role["image"] == audits["image"]
+    assert role["command"] == ["python", "-m", "audits_service.roles"]
+    # The owner migrates and creates the login role; the service logs in as that role.
+    assert migrations["environment"]["DATABASE_URL"] == role["environment"]["DATABASE_URL"]
+    login = role["environment"]["AUDITS_DB_USER"]
+    assert audits["environment"]["DATABASE_URL"].startswith(f"postgresql+asyncpg://{login}:")
 
 
 def test_each_app_service_builds_its_own_dockerfile_and_reads_env_file(

@@ -110,14 +110,20 @@ def test_example_secrets_hold_what_workloads_read_and_no_real_value(
     base: list[Manifest],
 ) -> None:
     secrets = {m["metadata"]["name"]: m["stringData"] for m in base if m["kind"] == "Secret"}
-    assert secrets == {
-        "audits-database": {"DATABASE_URL": secrets["audits-database"]["DATABASE_URL"]},
-        "llm-openai": {"OPENAI_API_KEY": "REPLACE_ME"},
+    database = secrets["audits-database"]
+    assert secrets == {"audits-database": database, "llm-openai": {"OPENAI_API_KEY": "REPLACE_ME"}}
+    # The owner's URL for the migrations Job, the service's login role and its URL.
+    assert set(database) == {
+        "DATABASE_URL",
+        "AUDITS_DB_USER",
+        "AUDITS_DB_PASSWORD",
+        "AUDITS_DATABASE_URL",
     }
-    assert "REPLACE_ME" in secrets["audits-database"]["DATABASE_URL"]
+    for key in ("DATABASE_URL", "AUDITS_DB_PASSWORD", "AUDITS_DATABASE_URL"):
+        assert "REPLACE_ME" in database[key]
     for manifest in base:
         for spec in pod_specs(manifest):
-            for container in spec["containers"]:
+            for container in [*spec.get("initContainers", []), *spec["containers"]]:
                 for variable in container.get("env", []):
                     ref = variable.get("valueFrom", {}).get("secretKeyRef")
                     if ref:
@@ -154,7 +160,7 @@ def assert_restricted(spec: dict[str, Any]) -> None:
     assert pod["runAsUser"] > 0
     assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
     assert spec["automountServiceAccountToken"] is False
-    for container in spec["containers"]:
+    for container in [*spec.get("initContainers", []), *spec["containers"]]:
         security = container["securityContext"]
         assert security["runAsNonRoot"] is True
         assert security["allowPrivilegeEscalation"] is False
@@ -221,10 +227,15 @@ def test_configmap_sets_only_what_services_read_with_valid_values(
 def test_migrations_job_runs_alembic_from_the_audits_image(production: list[Manifest]) -> None:
     job = find(production, "Job", "migrations")
     spec = job["spec"]["template"]["spec"]
-    (container,) = spec["containers"]
+    # First the migrations, then the service's login role (python -m audits_service.roles).
+    (container,) = spec["initContainers"]
     assert container["command"] == ["alembic", "-c", "migrations/alembic.ini", "upgrade", "head"]
+    (role,) = spec["containers"]
+    assert role["command"] == ["python", "-m", "audits_service.roles"]
     audits = find(production, "Deployment", "audits")["spec"]["template"]["spec"]
-    assert container["image"] == audits["containers"][0]["image"]
+    assert container["image"] == role["image"] == audits["containers"][0]["image"]
+    service_url = next(v for v in audits["containers"][0]["env"] if v["name"] == "DATABASE_URL")
+    assert service_url["valueFrom"]["secretKeyRef"]["key"] == "AUDITS_DATABASE_URL"
     assert spec["restartPolicy"] == "Never"
     assert job["spec"]["backoffLimit"] >= 1
     database_url = next(v for v in container["env"] if v["name"] == "DATABASE_URL")
