@@ -2,10 +2,14 @@
 refusal to let the trail be rewritten."""
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from audits_testkit import AUDITS, SERVICE_LOGIN
 from trail_testkit import Trail, tampered, trail_database
@@ -366,3 +370,50 @@ async def test_a_rolled_back_seq_is_a_gap_the_chain_survives(trail: Trail) -> No
     assert report["status"] == "intact", report
     seqs = [row[0] for row in await trail.admin.fetch("SELECT seq FROM audit_event ORDER BY seq")]
     assert seqs == [1, 3]
+
+
+VERIFY_EXPORT = Path(__file__).resolve().parents[1] / "scripts" / "verify_export.py"
+
+
+async def _export(trail: Trail) -> list[bytes]:
+    lines, after = [], 0
+    while True:
+        page = await trail.client.get(f"{AUDITS}/events", params={"after": after, "limit": 7})
+        assert page.status_code == 200, page.text
+        lines += [orjson.dumps(event) for event in page.json()["items"]]
+        if page.json()["next_after"] is None:
+            return lines
+        after = page.json()["next_after"]
+
+
+def _verify_export(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(VERIFY_EXPORT), str(path), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+async def test_an_export_reverifies_offline(trail: Trail, tmp_path: Path) -> None:
+    await _sealed_trail(trail)
+    await trail.create(metadata={"big": 10**20, "small": 1.5e-7, "text": "é\u2028\x01"})
+    await seal(trail.engine)
+    head = (await trail.client.get(f"{AUDITS}/head")).json()
+    await trail.create()  # unsealed: listed with a null hash, not checked
+    lines = await _export(trail)
+    assert len(lines) == (await trail.admin.fetchval("SELECT count(*) FROM audit_event"))
+    export = tmp_path / "events.ndjson"
+    export.write_bytes(b"\n".join(lines) + b"\n")
+
+    result = _verify_export(export, "--head", head["hash"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"intact: head seq {head['seq']} hash {head['hash']}"
+    assert _verify_export(export, "--head", "0" * 64).returncode == 1
+
+    event = orjson.loads(lines[5])
+    event["state"]["actor"] = "mallory"
+    export.write_bytes(b"\n".join([*lines[:5], orjson.dumps(event), *lines[6:]]) + b"\n")
+    result = _verify_export(export)
+    assert result.returncode == 1
+    assert f"seq {event['seq']} does not match" in result.stderr

@@ -54,6 +54,22 @@ async def read_trail_head(request: Request) -> TrailHead:
     return await service.head(_engine(request))
 
 
+After = Annotated[int, Query(ge=0, le=2**63 - 1, description="Events after this seq.")]
+Limit = Annotated[int, Query(ge=1, le=HISTORY_LIMIT_MAX, description="Page size.")]
+
+
+@router.get(
+    "/events",
+    summary="The whole trail, oldest first",
+    description="Every event of every record in `seq` order, each with its hash (null until "
+    "sealed): page with `after=next_after` to export the trail and re-verify it offline "
+    "(audits-service/scripts/verify_export.py).",
+    responses=problem_responses(422, 503),
+)
+async def list_trail_events(request: Request, after: After = 0, limit: Limit = 100) -> AuditHistory:
+    return await service.events(_engine(request), after, limit)
+
+
 @router.get(
     "/{audit_id}/history",
     summary="A record's events, oldest first",
@@ -64,7 +80,7 @@ async def read_trail_head(request: Request) -> TrailHead:
 async def read_audit_history(
     request: Request,
     audit_id: Annotated[UUID, Path(description="The record's id.")],
-    after: Annotated[int, Query(ge=0, le=2**63 - 1, description="Events after this seq.")] = 0,
-    limit: Annotated[int, Query(ge=1, le=HISTORY_LIMIT_MAX, description="Page size.")] = 100,
+    after: After = 0,
+    limit: Limit = 100,
 ) -> AuditHistory:
     return await service.history(_engine(request), audit_id, after, limit)

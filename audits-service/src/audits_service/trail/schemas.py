@@ -60,7 +60,7 @@ class AuditEventResponse(BaseModel):
 
 
 class AuditHistory(BaseModel):
-    """A record's events, oldest first (deleted and purged records keep theirs)."""
+    """Events, oldest first (deleted and purged records keep theirs)."""
 
     items: list[AuditEventResponse]
     next_after: int | None = Field(

@@ -24,6 +24,10 @@ _HISTORY = f"""
 SELECT {EVENT_COLUMNS}, h.hash FROM audit_event e LEFT JOIN audit_event_hash h USING (seq)
 WHERE e.record_id = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3
 """  # noqa: S608
+_ALL_EVENTS = f"""
+SELECT {EVENT_COLUMNS}, h.hash FROM audit_event e LEFT JOIN audit_event_hash h USING (seq)
+WHERE e.seq > $1 ORDER BY e.seq LIMIT $2
+"""  # noqa: S608
 
 
 @asynccontextmanager
@@ -51,14 +55,23 @@ def _event(row: asyncpg.Record) -> AuditEventResponse:
     )
 
 
+def _page(rows: list[asyncpg.Record], limit: int) -> AuditHistory:
+    items = [_event(row) for row in rows[:limit]]
+    next_after = items[-1].seq if len(rows) > limit else None
+    return AuditHistory(items=items, next_after=next_after)
+
+
 async def history(engine: AsyncEngine, record_id: UUID, after: int, limit: int) -> AuditHistory:
     async with _driver(engine) as connection:
         rows = await connection.fetch(_HISTORY, record_id, after, limit + 1)
     if not rows and after == 0:
         raise AuditNotFound(f"No audit record with id {record_id} has ever existed.")
-    items = [_event(row) for row in rows[:limit]]
-    next_after = items[-1].seq if len(rows) > limit else None
-    return AuditHistory(items=items, next_after=next_after)
+    return _page(rows, limit)
+
+
+async def events(engine: AsyncEngine, after: int, limit: int) -> AuditHistory:
+    async with _driver(engine) as connection:
+        return _page(await connection.fetch(_ALL_EVENTS, after, limit + 1), limit)
 
 
 def _head(head: verification.Head) -> TrailHead:
