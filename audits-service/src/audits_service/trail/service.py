@@ -25,7 +25,8 @@ SELECT {EVENT_COLUMNS}, h.hash FROM audit_event e LEFT JOIN audit_event_hash h U
 WHERE e.record_id = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3
 """  # noqa: S608
 _ALL_EVENTS = f"""
-SELECT {EVENT_COLUMNS}, h.hash FROM audit_event e LEFT JOIN audit_event_hash h USING (seq)
+SELECT {EVENT_COLUMNS}, h.hash
+FROM audit_event e LEFT JOIN audit_event_hash h ON h.seq = e.seq AND h.seq > $1
 WHERE e.seq > $1 ORDER BY e.seq LIMIT $2
 """  # noqa: S608
 
