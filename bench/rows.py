@@ -500,6 +500,75 @@ def audits_post(bench: Bench) -> list[Row]:
     )
 
 
+def _trail_trigger(url: str, enabled: bool) -> None:
+    state = "ENABLE" if enabled else "DISABLE"
+    run_sql(url, f"ALTER TABLE audit_record {state} TRIGGER audit_record_log_event")
+
+
+def _trail_off(url: str, run: Callable[[float], Load]) -> Callable[[float], Load]:
+    """`run` with the audit trail's trigger off: the first release's write path."""
+
+    def without_trail(duration: float) -> Load:
+        _trail_trigger(url, enabled=False)
+        try:
+            return run(duration)
+        finally:
+            _trail_trigger(url, enabled=True)
+
+    return without_trail
+
+
+def audits_post_trail(bench: Bench) -> list[Row]:
+    audits = bench.audits()
+    url = bench.stack.database("bench")
+    body = json.dumps(AUDIT_BODY)
+    post_ok(audits + "/api/v1/audits", body, 201, "audits POST /api/v1/audits")
+    post = bench.http(
+        Target(audits + "/api/v1/audits", "POST", body, JSON_HEADER), 16, watch=("audits",)
+    )
+    return bench.compare(
+        (
+            "audits-post-trail",
+            "POST /api/v1/audits with the audit trail (16 concurrent)",
+            "the same POST with the trail's trigger off",
+            "≥0.9",
+        ),
+        (_trail_off(url, post), post),
+        0.9,
+        cpu=({"audits": "audits"}, {"audits": "audits"}),
+    )
+
+
+def audits_verify(bench: Bench) -> list[Row]:
+    """`GET /api/v1/audits/verify` over 1,000,000 sealed events (each a record's create)."""
+    url = bench.stack.database("verify")
+    table = bench.audit_table(url)
+    names, values = bench.audit_values(url, table, generated=True)
+    asyncio.run(_bulk_insert(url, table, names, values))
+    run_sql(url, "ANALYZE audit_event")
+    audits = bench.audits("audits-verify", "verify")
+    deadline = time.monotonic() + 600
+    while json.loads(http_get(audits + "/api/v1/audits/head")[1])["seq"] < MILLION:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the sealer did not seal 1,000,000 events within 10 minutes")
+        time.sleep(2)
+    started = time.perf_counter()
+    status, body = http_get(audits + "/api/v1/audits/verify", timeout=600)
+    seconds = time.perf_counter() - started
+    report = json.loads(body)
+    intact = status == 200 and report["status"] == "intact"
+    return [
+        Row(
+            key="audits-verify",
+            path="GET /api/v1/audits/verify, 1,000,000 sealed events",
+            value=f"{seconds:.1f} s",
+            target="≤30 s",
+            verdict="PASS" if intact and seconds <= 30 else "FAIL",
+            note=f"{report['events_checked']} events, {report['checkpoints_checked']} checkpoints",
+        )
+    ]
+
+
 def _page(audits: str, query: str) -> dict[str, Any]:
     body = get_ok(f"{audits}/api/v1/audits?{query}", f"audits GET /api/v1/audits?{query}", 30)
     page: dict[str, Any] = json.loads(body)
@@ -844,6 +913,8 @@ ROWS: list[tuple[str, Callable[[Bench], list[Row]], str]] = [
     ("nginx", nginx, "trivial upstream behind nginx (reference)"),
     ("audits-get", audits_get, "GET /api/v1/audits/{id} via the gateway vs direct"),
     ("audits-post", audits_post, "POST /api/v1/audits vs raw asyncpg INSERT … RETURNING"),
+    ("audits-post-trail", audits_post_trail, "POST with the audit trail vs with it off"),
+    ("audits-verify", audits_verify, "verify over 1,000,000 sealed events"),
     ("audits-reads", audits_reads, "first and 500,000-deep cursor pages at 1,000,000 rows"),
     ("llm", llm_plain, "llm-service plain vs the openai SDK direct to the stand-in"),
     ("llm-stream", llm_stream, "llm-service streaming vs the SDK direct"),

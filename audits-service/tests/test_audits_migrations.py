@@ -125,7 +125,8 @@ def test_existing_records_get_a_create_event(fresh_database_url: str) -> None:
     command.upgrade(config, "head")
     events = _run(
         fresh_database_url,
-        "SELECT e.op, e.request_id, e.state = audit_record_state(r)"
+        "SELECT e.op, e.request_id,"
+        " jsonb_populate_record(NULL::audit_record, e.state) IS NOT DISTINCT FROM r"
         " FROM audit_event e JOIN audit_record r ON r.id = e.record_id ORDER BY e.seq",
     )
     # Oldest record first, each with its own request_id and its current state.

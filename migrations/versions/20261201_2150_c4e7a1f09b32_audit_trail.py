@@ -35,28 +35,13 @@ GRANTS = (
     ("SELECT", "alembic_version"),
 )
 
-# The record as the trail stores it: the API's field names, timestamps as RFC 3339 UTC with
-# microseconds and `ip_address` without a prefix length, whatever the session's TimeZone.
-# Only built-in functions and no SET clause, so PostgreSQL inlines it into queries.
-STATE_FUNCTION = """
-CREATE FUNCTION audit_record_state(r audit_record) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-  SELECT jsonb_build_object(
-    'id', r.id, 'action', r.action, 'status', r.status, 'actor', r.actor,
-    'resource_type', r.resource_type, 'resource_id', r.resource_id,
-    'description', r.description, 'metadata', r.metadata,
-    'ip_address', host(r.ip_address), 'user_agent', r.user_agent, 'request_id', r.request_id,
-    'created_at', to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-    'updated_at', to_char(r.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-$$
-"""
-
-# request_id of an insert is the row's own; an update or delete reads the transaction-local
-# setting `audit.request_id` (the service sets it in the same statement). `audit.purge` on
-# turns a delete into a `purge` event.
+# The event's state is the row as `to_jsonb` renders it (column names as keys), with
+# timestamps in UTC whatever the changing session's TimeZone. request_id of an insert is the
+# row's own; an update or delete reads the transaction-local setting `audit.request_id`
+# (the service sets it in the same statement). `audit.purge` on turns a delete into `purge`.
 EVENT_FUNCTION = """
 CREATE FUNCTION audit_record_log_event() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT SET TimeZone = 'UTC' AS $$
 DECLARE
   changed audit_record;
   kind text;
@@ -72,7 +57,7 @@ BEGIN
   END IF;
   INSERT INTO audit_event (record_id, op, request_id, client_id, state)
   VALUES (changed.id, kind, request, nullif(current_setting('audit.client_id', true), ''),
-          audit_record_state(changed));
+          to_jsonb(changed));
   RETURN NULL;
 END
 $$
@@ -146,7 +131,6 @@ def _create_tables() -> None:
 
 def upgrade() -> None:
     _create_tables()
-    op.execute(STATE_FUNCTION)
     op.execute(EVENT_FUNCTION)
     op.execute(REFUSE_FUNCTION)
     op.execute(
@@ -163,9 +147,10 @@ def upgrade() -> None:
             f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON {table}"
             " FOR EACH STATEMENT EXECUTE FUNCTION audit_trail_refuse_change()"
         )
+    op.execute("SET LOCAL TimeZone = 'UTC'")
     op.execute(
         "INSERT INTO audit_event (record_id, op, request_id, state)"
-        " SELECT r.id, 'create', r.request_id, audit_record_state(r)"
+        " SELECT r.id, 'create', r.request_id, to_jsonb(r)"
         " FROM audit_record r ORDER BY r.created_at, r.id"
     )
     # Fresh statistics, so the sealer's first range scans over a large backfill use the index.
@@ -197,4 +182,3 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_audit_event_record_id_seq"), table_name="audit_event")
     op.drop_table("audit_event")
     op.execute("DROP FUNCTION audit_trail_refuse_change()")
-    op.execute("DROP FUNCTION audit_record_state(audit_record)")
