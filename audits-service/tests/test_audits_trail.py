@@ -16,8 +16,8 @@ from trail_testkit import Trail, tampered, trail_database
 
 from audits_service.trail.locks import JobLock
 from audits_service.trail.sealing import seal
-from devstack.checks import assert_problem
 from devstack.postgres import EmbeddedPostgres
+from testkit.checks import assert_problem
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
