@@ -528,7 +528,7 @@ def audits_post_trail(bench: Bench) -> list[Row]:
     )
     return bench.compare(
         (
-            "audits-post-trail",
+            "trail-post",
             "POST /api/v1/audits with the audit trail (16 concurrent)",
             "the same POST with the trail's trigger off",
             "≥0.9",
@@ -546,7 +546,7 @@ def audits_verify(bench: Bench) -> list[Row]:
     names, values = bench.audit_values(url, table, generated=True)
     asyncio.run(_bulk_insert(url, table, names, values))
     run_sql(url, "ANALYZE audit_event")
-    audits = bench.audits("audits-verify", "verify")
+    audits = bench.audits("trail-verify", "verify")
     deadline = time.monotonic() + 600
     while json.loads(http_get(audits + "/api/v1/audits/head")[1])["seq"] < MILLION:
         if time.monotonic() > deadline:
@@ -559,7 +559,7 @@ def audits_verify(bench: Bench) -> list[Row]:
     intact = status == 200 and report["status"] == "intact"
     return [
         Row(
-            key="audits-verify",
+            key="trail-verify",
             path="GET /api/v1/audits/verify, 1,000,000 sealed events",
             value=f"{seconds:.1f} s",
             target="≤30 s",
@@ -913,8 +913,8 @@ ROWS: list[tuple[str, Callable[[Bench], list[Row]], str]] = [
     ("nginx", nginx, "trivial upstream behind nginx (reference)"),
     ("audits-get", audits_get, "GET /api/v1/audits/{id} via the gateway vs direct"),
     ("audits-post", audits_post, "POST /api/v1/audits vs raw asyncpg INSERT … RETURNING"),
-    ("audits-post-trail", audits_post_trail, "POST with the audit trail vs with it off"),
-    ("audits-verify", audits_verify, "verify over 1,000,000 sealed events"),
+    ("trail-post", audits_post_trail, "POST with the audit trail vs with it off"),
+    ("trail-verify", audits_verify, "verify over 1,000,000 sealed events"),
     ("audits-reads", audits_reads, "first and 500,000-deep cursor pages at 1,000,000 rows"),
     ("llm", llm_plain, "llm-service plain vs the openai SDK direct to the stand-in"),
     ("llm-stream", llm_stream, "llm-service streaming vs the SDK direct"),

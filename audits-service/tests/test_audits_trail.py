@@ -14,6 +14,7 @@ import pytest
 from audits_testkit import AUDITS, SERVICE_LOGIN
 from trail_testkit import Trail, tampered, trail_database
 
+from audits_service.roles import ensure_login_role, service_url
 from audits_service.trail.locks import JobLock
 from audits_service.trail.sealing import seal
 from devstack.postgres import EmbeddedPostgres
@@ -417,3 +418,20 @@ async def test_an_export_reverifies_offline(trail: Trail, tmp_path: Path) -> Non
     result = _verify_export(export)
     assert result.returncode == 1
     assert f"seq {event['seq']} does not match" in result.stderr
+
+
+async def test_the_login_role_joins_the_group_and_keeps_its_password(trail: Trail) -> None:
+    login = "audits_role_test"
+    await ensure_login_role(trail.admin_url, login, "s3cret")
+    await ensure_login_role(trail.admin_url, login, None)
+    row = await trail.admin.fetchrow(
+        "SELECT rolcanlogin, rolpassword IS NOT NULL AS has_password,"
+        " pg_has_role(rolname, 'audits_app', 'MEMBER') AS member"
+        " FROM pg_authid WHERE rolname = $1",
+        login,
+    )
+    assert row is not None
+    assert tuple(row) == (True, True, True)
+    assert service_url(trail.admin_url, login, "p@ss").startswith(
+        f"postgresql://{login}:p%40ss@127.0.0.1:"
+    )

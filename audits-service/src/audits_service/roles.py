@@ -7,7 +7,8 @@ triggers. This command creates (or updates) such a login role, connecting with
 `DATABASE_URL` (the migrations' owner or an administrator):
 
     AUDITS_DB_USER      login role to create or update (default `audits_service`)
-    AUDITS_DB_PASSWORD  its password (unset: none, for servers that trust local logins)
+    AUDITS_DB_PASSWORD  its password (unset: a new role gets none, for servers that trust
+                        local logins; an existing one keeps its own)
 """
 
 import asyncio
@@ -33,8 +34,9 @@ async def ensure_login_role(admin_url: str, login: str, password: str | None) ->
     try:
         exists = await connection.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", login)
         verb = "ALTER" if exists else "CREATE"
-        secret = "NULL" if password is None else _literal(password)
-        await connection.execute(f"{verb} ROLE {_quote(login)} LOGIN PASSWORD {secret}")
+        # Without a password an existing role keeps the one it has.
+        secret = "" if password is None else f" PASSWORD {_literal(password)}"
+        await connection.execute(f"{verb} ROLE {_quote(login)} LOGIN{secret}")
         await connection.execute(f"GRANT {SERVICE_GROUP} TO {_quote(login)}")
     finally:
         await connection.close()

@@ -42,3 +42,7 @@ OFFSET_MAX = 2**63 - 1
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
 IDEMPOTENT_REPLAYED_HEADER = "Idempotent-Replayed"
+
+# Sub-routes of /audits that are not record ids (the trail's): `/audits/{id}` never matches
+# them, so another method on them is a 405, not a 422 for a malformed id.
+COLLECTION_ROUTES = ("verify", "head", "events")

@@ -1,10 +1,12 @@
+import re
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
+from starlette.convertors import Convertor, register_url_convertor
 
 from audits_service.audits import service
-from audits_service.audits.constants import IDEMPOTENT_REPLAYED_HEADER
+from audits_service.audits.constants import COLLECTION_ROUTES, IDEMPOTENT_REPLAYED_HEADER
 from audits_service.audits.dependencies import IdempotencyKeyHeader, IdempotencyTtlDep
 from audits_service.audits.schemas import (
     AuditListParams,
@@ -17,6 +19,22 @@ from audits_service.database import SessionDep
 from servicekit import current_request_id, problem_responses
 
 router = APIRouter(prefix="/audits", tags=["audits"])
+
+
+class RecordIdConvertor(Convertor[str]):
+    """A path segment naming a record: any but the collection's own sub-routes. It stays a
+    string; the route's `UUID` parameter validates it (a malformed id is a 422)."""
+
+    regex = f"(?!(?:{'|'.join(map(re.escape, COLLECTION_ROUTES))})$)[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("record_id", RecordIdConvertor())
 
 AuditId = Annotated[UUID, Path(description="The record's id.")]
 
@@ -83,7 +101,7 @@ async def list_audits(
 
 
 @router.get(
-    "/{audit_id}",
+    "/{audit_id:record_id}",
     summary="Read one audit record",
     responses=problem_responses(404, 422, 503),
 )
@@ -92,7 +110,7 @@ async def read_audit(audit_id: AuditId, session: SessionDep) -> AuditRecordRespo
 
 
 @router.put(
-    "/{audit_id}",
+    "/{audit_id:record_id}",
     summary="Update an audit record",
     description="Any non-empty subset of the writable fields; `updated_at` advances.",
     responses=problem_responses(404, 422, 503),
@@ -104,7 +122,7 @@ async def update_audit(
 
 
 @router.delete(
-    "/{audit_id}",
+    "/{audit_id:record_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     summary="Delete an audit record",
