@@ -45,4 +45,18 @@ IDEMPOTENT_REPLAYED_HEADER = "Idempotent-Replayed"
 
 # Sub-routes of /audits that are not record ids (the trail's): `/audits/{id}` never matches
 # them, so another method on them is a 405, not a 422 for a malformed id.
-COLLECTION_ROUTES = ("verify", "head", "events")
+COLLECTION_ROUTES = ("verify", "head", "events", "export", "batch")
+
+BATCH_MAX_RECORDS = 1000
+
+
+class ExportFormat(StrEnum):
+    NDJSON = "ndjson"
+    CSV = "csv"
+
+
+NDJSON_MEDIA_TYPE = "application/x-ndjson"
+# RFC 4180 (with RFC 7111's `header` parameter): UTF-8, CRLF line ends, a header row.
+CSV_MEDIA_TYPE = "text/csv; charset=utf-8; header=present"
+# Rows per database round trip of an export, which bounds the memory one export holds.
+EXPORT_CHUNK_ROWS = 1000

@@ -2,6 +2,7 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from audits_service.audits.constants import IDEMPOTENCY_KEY_HEADER, IDEMPOTENCY_KEY_MAX_LENGTH
 from audits_service.config import Settings
@@ -15,6 +16,16 @@ async def get_idempotency_ttl(request: Request) -> timedelta:
 
 
 IdempotencyTtlDep = Annotated[timedelta, Depends(get_idempotency_ttl)]
+
+
+async def get_engine(request: Request) -> AsyncEngine:
+    """The engine itself, for work that outlives the route (a streamed export checks a
+    connection out per chunk, after `SessionDep`'s session has closed)."""
+    engine: AsyncEngine = request.state.engine
+    return engine
+
+
+EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 
 IdempotencyKeyHeader = Annotated[
     str | None,

@@ -12,11 +12,10 @@ import os
 import time
 from datetime import datetime
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import DateTime, Enum, Index, String, func, text
+from sqlalchemy import ColumnElement, DateTime, Enum, Index, String, TypeDecorator, func, text
 from sqlalchemy.dialects.postgresql import INET, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -65,6 +64,20 @@ def _checked_enum(enum: type[StrEnum], name: str) -> Enum:
     )
 
 
+class InetText(TypeDecorator[str]):
+    """`inet`, read back as PostgreSQL's text of the address (`host()`), never as Python's.
+
+    Every read, the export rendered by the database included, then prints an address the
+    same way: RFC 5952, e.g. `::ffff:192.0.2.1` where Python would print `::ffff:c000:201`.
+    """
+
+    impl = INET
+    cache_ok = True
+
+    def column_expression(self, column: ColumnElement[str]) -> ColumnElement[str]:
+        return func.host(column, type_=String)
+
+
 def _timestamp() -> Mapped[datetime]:
     return mapped_column(DateTime(timezone=True), server_default=func.now())
 
@@ -87,7 +100,7 @@ class AuditRecord(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(
         "metadata", JSONB, server_default=text("'{}'::jsonb")
     )
-    ip_address: Mapped[IPv4Address | IPv6Address | None] = mapped_column(INET)
+    ip_address: Mapped[str | None] = mapped_column(InetText)
     user_agent: Mapped[str | None] = mapped_column(String(USER_AGENT_MAX_LENGTH))
     request_id: Mapped[str] = mapped_column(String(REQUEST_ID_MAX_LENGTH))
     created_at: Mapped[datetime] = _timestamp()

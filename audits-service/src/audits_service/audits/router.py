@@ -5,11 +5,19 @@ from uuid import UUID
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from starlette.convertors import Convertor, register_url_convertor
 
-from audits_service.audits import service
-from audits_service.audits.constants import COLLECTION_ROUTES, IDEMPOTENT_REPLAYED_HEADER
-from audits_service.audits.dependencies import IdempotencyKeyHeader, IdempotencyTtlDep
+from audits_service.audits import export, service
+from audits_service.audits.constants import (
+    COLLECTION_ROUTES,
+    CSV_MEDIA_TYPE,
+    IDEMPOTENT_REPLAYED_HEADER,
+    NDJSON_MEDIA_TYPE,
+)
+from audits_service.audits.dependencies import EngineDep, IdempotencyKeyHeader, IdempotencyTtlDep
 from audits_service.audits.schemas import (
+    AuditBatchCreate,
+    AuditExportParams,
     AuditListParams,
+    AuditRecordBatch,
     AuditRecordCreate,
     AuditRecordPage,
     AuditRecordResponse,
@@ -38,6 +46,14 @@ register_url_convertor("record_id", RecordIdConvertor())
 
 AuditId = Annotated[UUID, Path(description="The record's id.")]
 
+_REPLAYED = {
+    IDEMPOTENT_REPLAYED_HEADER: {
+        "description": "`true` when this is the stored response to an earlier "
+        "request with the same Idempotency-Key.",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
+
 
 @router.post(
     "",
@@ -52,11 +68,7 @@ AuditId = Annotated[UUID, Path(description="The record's id.")]
                     "description": "Path of the new record.",
                     "schema": {"type": "string"},
                 },
-                IDEMPOTENT_REPLAYED_HEADER: {
-                    "description": "`true` when this is the stored response to an earlier "
-                    "request with the same Idempotency-Key.",
-                    "schema": {"type": "string", "enum": ["true"]},
-                },
+                **_REPLAYED,
             }
         },
     },
@@ -84,6 +96,40 @@ async def create_audit(
     return record
 
 
+# -- bulk ingest ----------------------------------------------------------------------------
+
+
+@router.post(
+    "/batch",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create many audit records at once, all or none",
+    description=(
+        "1-1000 records in one transaction: every one is stored, or none is. A record that "
+        "fails validation makes the whole batch a 422 whose `errors[].loc` names it by "
+        'index, e.g. `["body", "records", 3, "actor"]`. `Idempotency-Key` works as on '
+        "the single create. The body must also fit the gateway's MAX_BODY_BYTES."
+    ),
+    response_description="The stored records, in the order given.",
+    responses={**problem_responses(409, 422, 503), 201: {"headers": _REPLAYED}},
+)
+async def create_audits(
+    body: AuditBatchCreate,
+    session: SessionDep,
+    response: Response,
+    ttl: IdempotencyTtlDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> AuditRecordBatch:
+    request_id = current_request_id() or ""
+    if idempotency_key is None:
+        return await service.create_audits(session, body, request_id)
+    created, replayed = await service.create_audits_idempotent(
+        session, body, request_id, idempotency_key, ttl
+    )
+    if replayed:
+        response.headers[IDEMPOTENT_REPLAYED_HEADER] = "true"
+    return created
+
+
 @router.get(
     "",
     summary="List audit records, newest first",
@@ -98,6 +144,65 @@ async def list_audits(
     params: Annotated[AuditListParams, Query()], session: SessionDep
 ) -> AuditRecordPage:
     return await service.list_audits(session, params)
+
+
+# -- export (before `/{audit_id}`, which would take "export" for an id) ---------------------
+
+_NDJSON_EXAMPLE = (
+    '{"id":"01a215df-8c84-7376-862d-f9dc91ca4485","action":"login","status":"success",'
+    '"actor":"user:alice@example.com","resource_type":"session","resource_id":"sess_9f8e7d",'
+    '"description":"Interactive login with MFA","metadata":{"mfa": "totp"},'
+    '"ip_address":"203.0.113.7","user_agent":"Mozilla/5.0",'
+    '"request_id":"3f1c0b9e-8f7a-4a51-9a4e-0f6f1f2b9c11",'
+    '"created_at":"2026-11-26T03:30:00.123456Z","updated_at":"2026-11-26T03:30:00.123456Z"}\n'
+)
+_CSV_EXAMPLE = (
+    ",".join(export.FIELDS) + "\r\n"
+    "01a215df-8c84-7376-862d-f9dc91ca4485,login,success,user:alice@example.com,session,"
+    'sess_9f8e7d,"Login, with MFA","{""mfa"": ""totp""}",203.0.113.7,Mozilla/5.0,'
+    "3f1c0b9e-8f7a-4a51-9a4e-0f6f1f2b9c11,2026-11-26T03:30:00.123456Z,"
+    "2026-11-26T03:30:00.123456Z\r\n"
+)
+
+
+@router.get(
+    "/export",
+    summary="Export every matching audit record, newest first (NDJSON or CSV)",
+    description=(
+        "The listing's filters, no paging: every matching record, streamed. `ndjson`: one "
+        "record per line, each an `AuditRecordResponse`. `csv`: RFC 4180 (CRLF, a header "
+        "row naming the fields, `metadata` as a JSON string, an empty field for null). "
+        "If the export fails after it has started, an NDJSON stream ends with a last line "
+        '`{"error": <problem>}`, and a CSV stream is cut off without its closing chunk '
+        "(an incomplete chunked body, which HTTP clients report as an error). A database "
+        "that is down before the first row is a 503 problem."
+    ),
+    response_class=export.ExportResponse,
+    responses={
+        **problem_responses(422, 503),
+        200: {
+            "description": "The records, as an attachment.",
+            "headers": {
+                "Content-Disposition": {
+                    "description": "`attachment` with a file name such as "
+                    "`audits-20261126T033000Z.ndjson`.",
+                    "schema": {"type": "string"},
+                }
+            },
+            "content": {
+                NDJSON_MEDIA_TYPE: {
+                    "schema": {"type": "string", "description": "One JSON record per line."},
+                    "example": _NDJSON_EXAMPLE,
+                },
+                CSV_MEDIA_TYPE: {"schema": {"type": "string"}, "example": _CSV_EXAMPLE},
+            },
+        },
+    },
+)
+async def export_audits(
+    params: Annotated[AuditExportParams, Query()], engine: EngineDep, request: Request
+) -> export.ExportResponse:
+    return await export.export_audits(engine, params, request.url.path)
 
 
 @router.get(

@@ -29,6 +29,7 @@ from pydantic import (
 
 from audits_service.audits.constants import (
     ACTOR_MAX_LENGTH,
+    BATCH_MAX_RECORDS,
     DESCRIPTION_MAX_LENGTH,
     METADATA_MAX_BYTES,
     METADATA_MAX_DEPTH,
@@ -40,6 +41,7 @@ from audits_service.audits.constants import (
     USER_AGENT_MAX_LENGTH,
     AuditAction,
     AuditStatus,
+    ExportFormat,
 )
 
 
@@ -298,19 +300,9 @@ def _rfc3339(value: object) -> object:
 FilterDatetime = Annotated[datetime, BeforeValidator(_rfc3339), AfterValidator(_aware)]
 
 
-class AuditListParams(BaseModel):
-    """Query of `GET /api/v1/audits`."""
+class AuditFilters(BaseModel):
+    """The filters of listing and export; they combine with AND."""
 
-    limit: int = Field(
-        default=PAGE_LIMIT_DEFAULT, ge=1, le=PAGE_LIMIT_MAX, description="Page size."
-    )
-    offset: int = Field(default=0, ge=0, le=OFFSET_MAX, description="Records to skip.")
-    cursor: CursorParam | None = Field(
-        default=None, description="`next_cursor` of the previous page (keyset pagination)."
-    )
-    include_total: bool = Field(
-        default=True, description="Count the filtered records; false skips it (`total` null)."
-    )
     action: AuditAction | None = None
     status: AuditStatus | None = None
     actor: Actor | None = None
@@ -324,11 +316,30 @@ class AuditListParams(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        if self.cursor is not None and self.offset:
-            raise ValueError("use either cursor or offset, not both")
+    def _ordered_range(self) -> Self:
         if self.created_from and self.created_to and self.created_from > self.created_to:
             raise ValueError("created_from must not be after created_to")
+        return self
+
+
+class AuditListParams(AuditFilters):
+    """Query of `GET /api/v1/audits`."""
+
+    limit: int = Field(
+        default=PAGE_LIMIT_DEFAULT, ge=1, le=PAGE_LIMIT_MAX, description="Page size."
+    )
+    offset: int = Field(default=0, ge=0, le=OFFSET_MAX, description="Records to skip.")
+    cursor: CursorParam | None = Field(
+        default=None, description="`next_cursor` of the previous page (keyset pagination)."
+    )
+    include_total: bool = Field(
+        default=True, description="Count the filtered records; false skips it (`total` null)."
+    )
+
+    @model_validator(mode="after")
+    def _one_position(self) -> Self:
+        if self.cursor is not None and self.offset:
+            raise ValueError("use either cursor or offset, not both")
         return self
 
 
@@ -345,3 +356,50 @@ class AuditRecordPage(BaseModel):
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page; null on the last page."
     )
+
+
+# -- export and bulk ingest -----------------------------------------------------------------
+
+
+class AuditExportParams(AuditFilters):
+    """Query of `GET /api/v1/audits/export`: the listing's filters, no paging."""
+
+    # Paging parameters of the listing are refused rather than silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+    format: ExportFormat = Field(
+        default=ExportFormat.NDJSON,
+        description="`ndjson`: one record (JSON object) per line. `csv`: RFC 4180, a header "
+        "row, `metadata` as a JSON string.",
+    )
+
+
+class AuditBatchCreate(BaseModel):
+    """Records created together, all or none. Unknown fields are rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "records": [
+                        _EXAMPLE_CREATE,
+                        {"action": "logout", "actor": "user:alice@example.com",
+                         "resource_type": "session", "resource_id": "sess_9f8e7d"},
+                    ]
+                }
+            ]
+        },
+    )  # fmt: skip
+
+    records: list[AuditRecordCreate] = Field(
+        min_length=1,
+        max_length=BATCH_MAX_RECORDS,
+        description=f"1-{BATCH_MAX_RECORDS} new records.",
+    )
+
+
+class AuditRecordBatch(BaseModel):
+    """The stored records of a batch, in the order they were given."""
+
+    items: list[AuditRecordResponse]

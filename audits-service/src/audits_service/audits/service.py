@@ -6,10 +6,13 @@ in one round trip without ORM identity-map bookkeeping.
 
 import hashlib
 import json
-from datetime import timedelta
-from typing import Any
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any, TypeVar
 from uuid import UUID
 
+from pydantic import BaseModel
 from sqlalchemy import ColumnElement, Row, delete, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -21,7 +24,10 @@ from audits_service.audits.exceptions import (
 )
 from audits_service.audits.models import audit_record, idempotency_key, uuid7
 from audits_service.audits.schemas import (
+    AuditBatchCreate,
+    AuditFilters,
     AuditListParams,
+    AuditRecordBatch,
     AuditRecordCreate,
     AuditRecordPage,
     AuditRecordResponse,
@@ -33,12 +39,14 @@ _COLUMNS = tuple(audit_record.c)
 # Built once: `insert().values(...)` per request is a visible share of a POST's CPU
 # (`make bench`, row `audits-post`, CPU/request note).
 _INSERT = insert(audit_record).returning(*_COLUMNS)
-_NEWEST_FIRST = (audit_record.c.created_at.desc(), audit_record.c.id.desc())
+NEWEST_FIRST = (audit_record.c.created_at.desc(), audit_record.c.id.desc())
 # Seed of `hashtextextended` for the advisory lock guarding one idempotency key.
 _IDEMPOTENCY_LOCK_SEED = 0x6175646974
 # Transaction-local setting the trail's trigger reads for the request_id of an event.
 _REQUEST_ID_SETTING = "audit.request_id"
 _PURGE_BATCH = 10_000
+# What an idempotent create returns, and replays from the key's stored response.
+Created = TypeVar("Created", AuditRecordResponse, AuditRecordBatch)
 _PURGE_MAX_BATCHES = 100
 
 
@@ -61,7 +69,7 @@ async def create_audit(
     return record
 
 
-def fingerprint(data: AuditRecordCreate) -> str:
+def fingerprint(data: BaseModel) -> str:
     canonical = json.dumps(
         data.model_dump(mode="json"), sort_keys=True, ensure_ascii=False, separators=(",", ":")
     )
@@ -75,13 +83,25 @@ async def create_audit_idempotent(
     key: str,
     ttl: timedelta,
 ) -> tuple[AuditRecordResponse, bool]:
-    """Create once per key; a repeat gets the first response back. Returns (record, replayed).
+    """Create once per key; a repeat gets the first response back. Returns (record, replayed)."""
+    create = partial(_insert_record, session, data, request_id)
+    return await _create_once(session, data, key, ttl, create, AuditRecordResponse)
 
-    Both rows are written in one READ COMMITTED transaction (`session` must not have run a
-    statement yet: it would be in autocommit mode). A transaction-scoped advisory lock on
-    the key makes a concurrent repeat fail fast (409) instead of waiting, and the key row is
-    committed in the same transaction as the record, so either both exist or neither does,
-    whichever replica served it.
+
+async def _create_once(
+    session: AsyncSession,
+    data: BaseModel,
+    key: str,
+    ttl: timedelta,
+    create: Callable[[], Awaitable[Created]],
+    created_type: type[Created],
+) -> tuple[Created, bool]:
+    """Run `create` once per key; a repeat gets the first response back.
+
+    The key row and what `create` writes commit in one READ COMMITTED transaction
+    (`session` must not have run a statement yet: it would be in autocommit mode). A
+    transaction-scoped advisory lock on the key makes a concurrent repeat fail fast (409)
+    instead of waiting, and either both exist or neither does, whichever replica served it.
     """
     await session.connection(execution_options={"isolation_level": "READ COMMITTED"})
     digest = fingerprint(data)
@@ -103,13 +123,13 @@ async def create_audit_idempotent(
             raise IdempotencyKeyReused(
                 "This Idempotency-Key was used with a different request body."
             )
-        return AuditRecordResponse.model_validate(stored.response), True
+        return created_type.model_validate(stored.response), True
 
-    record = await _insert_record(session, data, request_id)
+    created = await create()
     values = {
         "fingerprint": digest,
-        "audit_id": record.id,
-        "response": record.model_dump(mode="json"),
+        "audit_id": created.items[0].id if isinstance(created, AuditRecordBatch) else created.id,
+        "response": created.model_dump(mode="json"),
         "created_at": func.now(),
         "expires_at": func.now() + ttl,
     }
@@ -119,7 +139,7 @@ async def create_audit_idempotent(
         upsert.on_conflict_do_update(index_elements=[idempotency_key.c.key], set_=values)
     )
     await session.commit()
-    return record, False
+    return created, False
 
 
 async def get_audit(session: AsyncSession, audit_id: UUID) -> AuditRecordResponse:
@@ -131,7 +151,7 @@ async def get_audit(session: AsyncSession, audit_id: UUID) -> AuditRecordRespons
     return _response(row)
 
 
-def _filters(params: AuditListParams) -> list[ColumnElement[bool]]:
+def filter_conditions(params: AuditFilters) -> list[ColumnElement[bool]]:
     c = audit_record.c
     equal = {
         c.action: params.action,
@@ -148,16 +168,18 @@ def _filters(params: AuditListParams) -> list[ColumnElement[bool]]:
     return conditions
 
 
+def listed_after(created_at: datetime, audit_id: UUID) -> ColumnElement[bool]:
+    """Records after this position in listing order (newest first)."""
+    # A row comparison is a single index range condition on (created_at, id).
+    return tuple_(audit_record.c.created_at, audit_record.c.id) < tuple_(created_at, audit_id)
+
+
 async def list_audits(session: AsyncSession, params: AuditListParams) -> AuditRecordPage:
-    conditions = _filters(params)
+    conditions = filter_conditions(params)
     page = select(*_COLUMNS).where(*conditions)
     if params.cursor is not None:
-        # A row comparison is a single index range condition on (created_at, id).
-        after = tuple_(audit_record.c.created_at, audit_record.c.id) < tuple_(
-            params.cursor.created_at, params.cursor.id
-        )
-        page = page.where(after)
-    page = page.order_by(*_NEWEST_FIRST).limit(params.limit + 1).offset(params.offset)
+        page = page.where(listed_after(params.cursor.created_at, params.cursor.id))
+    page = page.order_by(*NEWEST_FIRST).limit(params.limit + 1).offset(params.offset)
     rows = (await session.execute(page)).all()
     items = [_response(row) for row in rows[: params.limit]]
     next_cursor = None
@@ -228,3 +250,46 @@ async def purge_expired_keys(engine: AsyncEngine) -> int:
         if result.rowcount < _PURGE_BATCH:
             break
     return purged
+
+
+# -- bulk ingest ----------------------------------------------------------------------------
+
+# Many rows in one statement: SQLAlchemy sends the parameter sets as one multi-row
+# `INSERT … VALUES … RETURNING`, rows returned in the order given.
+_INSERT_MANY = insert(audit_record).returning(*_COLUMNS, sort_by_parameter_order=True)
+
+
+async def _insert_batch(
+    session: AsyncSession, batch: AuditBatchCreate, request_id: str
+) -> AuditRecordBatch:
+    # Ascending ids, so the newest-first listing (id breaks the tie of a shared created_at)
+    # shows a batch as if its records had been posted one by one.
+    ids = sorted(uuid7() for _ in batch.records)
+    values = [
+        {"id": audit_id, "request_id": request_id, **record.model_dump()}
+        for audit_id, record in zip(ids, batch.records, strict=True)
+    ]
+    rows = (await session.execute(_INSERT_MANY, values)).all()
+    return AuditRecordBatch(items=[_response(row) for row in rows])
+
+
+async def create_audits(
+    session: AsyncSession, batch: AuditBatchCreate, request_id: str
+) -> AuditRecordBatch:
+    """Store every record of `batch` or none, in one transaction."""
+    await session.connection(execution_options={"isolation_level": "READ COMMITTED"})
+    created = await _insert_batch(session, batch, request_id)
+    await session.commit()
+    return created
+
+
+async def create_audits_idempotent(
+    session: AsyncSession,
+    batch: AuditBatchCreate,
+    request_id: str,
+    key: str,
+    ttl: timedelta,
+) -> tuple[AuditRecordBatch, bool]:
+    """`create_audits` once per key, as `create_audit_idempotent`."""
+    create = partial(_insert_batch, session, batch, request_id)
+    return await _create_once(session, batch, key, ttl, create, AuditRecordBatch)
