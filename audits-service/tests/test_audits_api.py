@@ -56,7 +56,12 @@ async def test_defaults_and_generated_request_id(client: httpx.AsyncClient) -> N
 
 @pytest.mark.parametrize(
     ("address", "stored"),
-    [("192.0.2.1", "192.0.2.1"), ("2001:0db8:0000::0001", "2001:db8::1"), ("::1", "::1")],
+    [
+        ("192.0.2.1", "192.0.2.1"),
+        ("2001:0db8:0000::0001", "2001:db8::1"),
+        ("::1", "::1"),
+        ("::ffff:c000:201", "::ffff:192.0.2.1"),
+    ],
 )
 async def test_ip_addresses(client: httpx.AsyncClient, address: str, stored: str) -> None:
     response = await client.post(AUDITS, json=record(ip_address=address))

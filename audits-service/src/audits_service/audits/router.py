@@ -178,10 +178,11 @@ _CSV_EXAMPLE = (
         "that is down before the first row is a 503 problem."
     ),
     response_class=export.ExportResponse,
+    status_code=status.HTTP_200_OK,
+    response_description="The records, as an attachment.",
     responses={
         **problem_responses(422, 503),
         200: {
-            "description": "The records, as an attachment.",
             "headers": {
                 "Content-Disposition": {
                     "description": "`attachment` with a file name such as "
