@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import orjson
 from loguru import logger
 from sqlalchemy import ColumnElement, DateTime, Row, Text, case, cast, func, select
@@ -123,6 +124,9 @@ class ExportResponse(StreamingResponse):
         try:
             async for chunk in self.chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                # A send to a client that has gone returns at once: this is where the
+                # cancellation of a left response (the database work being shielded) lands.
+                await anyio.lowlevel.checkpoint()
         except ExportInterrupted:
             return
         finally:
