@@ -638,6 +638,98 @@ def audits_reads(bench: Bench) -> list[Row]:
     ]
 
 
+BATCH_ROWS = 500
+BATCH_CONCURRENCY = 4
+
+
+def audits_batch(bench: Bench) -> list[Row]:
+    audits = bench.audits()
+    body = json.dumps({"records": [AUDIT_BODY] * BATCH_ROWS})
+    post_ok(audits + "/api/v1/audits/batch", body, 201, "audits POST /api/v1/audits/batch", 30)
+    url = bench.stack.database("bench")
+    table = bench.audit_table(url)
+    names, values = bench.audit_values(url, table, generated=False)
+    sql = f'INSERT INTO "{table}" ({names}) VALUES ({values})'  # noqa: S608
+    pg_args = ["--dsn", url, "--sql", sql, "--rows", str(BATCH_ROWS)]
+    pg_args += ["--pool", str(BATCH_CONCURRENCY), "--concurrency", str(BATCH_CONCURRENCY)]
+    reference, subject = bench.pair(
+        lambda d: bench.runner.module("bench.pgclient", pg_args, d),
+        bench.http(
+            Target(audits + "/api/v1/audits/batch", "POST", body, JSON_HEADER),
+            BATCH_CONCURRENCY,
+            watch=("audits",),
+        ),
+    )
+    ratio = subject.rps / reference.rps
+    verdict, note = judge(ratio >= 0.5, subject, reference)
+    return [
+        Row(
+            key="audits-batch",
+            path=f"POST /api/v1/audits/batch, {BATCH_ROWS} records each, direct "
+            f"({BATCH_CONCURRENCY} concurrent)",
+            value=f"{subject.rps * BATCH_ROWS:,.0f} rows/s",
+            reference=f"raw asyncpg executemany of the same rows, {BATCH_ROWS} per call, "
+            f"{BATCH_CONCURRENCY} concurrent",
+            ref_value=f"{reference.rps * BATCH_ROWS:,.0f} rows/s",
+            ratio=f"{ratio:.2f}",
+            p50=pair_ms(subject.p50_ms, reference.p50_ms),
+            p99=pair_ms(subject.p99_ms, reference.p99_ms),
+            target="≥0.5",
+            verdict=verdict,
+            note=join(note, cpu_note(subject, audits="audits")),
+        )
+    ]
+
+
+def _read_export(bench: Bench, *args: str) -> dict[str, Any]:
+    command = [sys.executable, "-m", "bench.exportclient", *args]
+    result: dict[str, Any] = json.loads(bench.stack.tool(command, 600).splitlines()[-1])
+    return result
+
+
+def audits_export(bench: Bench) -> list[Row]:
+    audits, _ = bench.million_rows()
+    env = {"AUDITS_SERVICE_URL": audits, "LLM_SERVICE_URL": audits}
+    gateway = bench.stack.service("gateway-export", "gateway", env).url
+    get_ok(gateway + "/api/v1/audits/export?actor=user-1", "gateway GET /api/v1/audits/export")
+    url = bench.stack.database("bench_million")
+    table = bench.audit_table(url)
+    sql = f'SELECT * FROM "{table}" ORDER BY created_at DESC, id DESC'  # noqa: S608
+    pid = bench.stack.pid("gateway-export")
+    _warm(gateway + "/api/v1/audits/export?actor=user-2", 5)
+    idle = _rss_mb(pid)
+    reference = _read_export(bench, "cursor", url, sql)
+    client = bench.stack.start_tool(
+        [sys.executable, "-m", "bench.exportclient", "http", gateway + "/api/v1/audits/export"]
+    )
+    peak = idle
+    while client.poll() is None:
+        peak = max(peak, _rss_mb(pid))
+        time.sleep(0.05)
+    subject: dict[str, Any] = json.loads(bench.stack.finish_tool(client, 5).splitlines()[-1])
+    bench.stack.stop_service("gateway-export")
+    growth = peak - idle
+    subject_rate = subject["rows"] / subject["seconds"]
+    reference_rate = reference["rows"] / reference["seconds"]
+    ratio = subject_rate / reference_rate
+    complete = subject["rows"] == reference["rows"] == MILLION and subject["error"] is None
+    ok = complete and ratio >= 0.3 and growth <= 30
+    return [
+        Row(
+            key="audits-export",
+            path=f"GET /api/v1/audits/export NDJSON of {MILLION:,} rows through the gateway",
+            value=f"{subject_rate:,.0f} rows/s",
+            reference="raw asyncpg cursor (prefetch 1000) over the same rows and order",
+            ref_value=f"{reference_rate:,.0f} rows/s",
+            ratio=f"{ratio:.2f}",
+            target="≥0.3, gateway RSS growth ≤30 MB",
+            verdict="PASS" if ok else "FAIL",
+            note=f"gateway RSS +{growth:.0f} MB (idle {idle:.0f} MB); {subject['rows']:,} lines, "
+            f"{subject['bytes'] / 2**20:,.0f} MiB in {subject['seconds']:.1f} s; one run each",
+        )
+    ]
+
+
 def _chat_target(base: str, stream: bool) -> Target:
     body = {**CHAT_BODY, "stream": True} if stream else CHAT_BODY
     return Target(base + "/api/v1/openai/chat", "POST", json.dumps(body), JSON_HEADER)
@@ -916,6 +1008,8 @@ ROWS: list[tuple[str, Callable[[Bench], list[Row]], str]] = [
     ("trail-post", audits_post_trail, "POST with the audit trail vs with it off"),
     ("trail-verify", audits_verify, "verify over 1,000,000 sealed events"),
     ("audits-reads", audits_reads, "first and 500,000-deep cursor pages at 1,000,000 rows"),
+    ("audits-batch", audits_batch, "POST /api/v1/audits/batch vs raw asyncpg executemany"),
+    ("audits-export", audits_export, "1,000,000-row NDJSON export via the gateway vs a cursor"),
     ("llm", llm_plain, "llm-service plain vs the openai SDK direct to the stand-in"),
     ("llm-stream", llm_stream, "llm-service streaming vs the SDK direct"),
     ("llm-ttfc", llm_ttfc, "added time to first chunk at concurrency 1"),
