@@ -5,7 +5,7 @@ from uuid import uuid4
 import httpx
 from audits_testkit import AUDITS, Record, record
 
-from devstack.checks import assert_problem
+from testkit.checks import assert_problem
 
 BATCH = f"{AUDITS}/batch"
 

@@ -11,7 +11,7 @@ import pytest
 from audits_testkit import AUDITS, Record, record
 
 from audits_service.audits.schemas import AuditRecordResponse
-from devstack.checks import assert_problem
+from testkit.checks import assert_problem
 
 EXPORT = f"{AUDITS}/export"
 FIELDS = list(AuditRecordResponse.model_fields)
@@ -158,3 +158,20 @@ async def test_openapi_documents_both_media_types(client: httpx.AsyncClient) -> 
     assert names == {"format", "created_from", "created_to", *filters}
     batch = document["paths"][f"{AUDITS}/batch"]["post"]
     assert {"201", "409", "422", "503"} <= set(batch["responses"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PUT", EXPORT, "GET, HEAD"),
+        ("DELETE", EXPORT, "GET, HEAD"),
+        ("GET", f"{AUDITS}/batch", "POST"),
+        ("PUT", f"{AUDITS}/batch", "POST"),
+    ],
+)
+async def test_fixed_paths_are_not_record_ids(
+    client: httpx.AsyncClient, method: str, path: str, allowed: str
+) -> None:
+    response = await client.request(method, path, json={})
+    assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == allowed

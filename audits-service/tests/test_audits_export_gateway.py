@@ -26,6 +26,9 @@ from audits_service.audits.schemas import AuditRecordResponse
 from devstack.postgres import EmbeddedPostgres, free_port
 from devstack.processes import ServiceProcess
 
+# The listing side of the comparison pages through every row, 50 at a time.
+pytestmark = pytest.mark.timeout(600)
+
 EXPORT = f"{AUDITS}/export"
 ROWS = int(os.environ.get("AUDITS_EXPORT_ROWS", "100000"))
 MIB = 2**20

@@ -46,6 +46,7 @@ register_url_convertor("record_id", RecordIdConvertor())
 
 AuditId = Annotated[UUID, Path(description="The record's id.")]
 
+
 _REPLAYED = {
     IDEMPOTENT_REPLAYED_HEADER: {
         "description": "`true` when this is the stored response to an earlier "
