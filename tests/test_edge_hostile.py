@@ -18,6 +18,7 @@ import orjson
 import psutil
 import pytest
 
+from devstack.openai_standin import OpenAIStandin
 from devstack.processes import ServiceProcess
 from tests.e2e_stack import Stack, gateway_env, start_logged
 
@@ -326,3 +327,45 @@ def test_non_string_content_part_text_is_422(
         headers={"Content-Type": "application/json"},
     )
     assert response.status_code == 422, response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/api/v1/openai/v1/chat/completions",
+            b'{"model":"gpt-4-not-allowed","model":"gpt-4o-mini",'
+            b'"messages":[{"role":"user","content":"hi"}]}',
+        ),
+        (
+            "/api/v1/openai/v1/chat/completions",
+            b'{"max_tokens":99999999,"max_tokens":1,"messages":[{"role":"user","content":"hi"}]}',
+        ),
+        (
+            "/api/v1/openai/chat",
+            b'{"messages":[{"role":"user","content":"hi","content":"again"}]}',
+        ),
+        (
+            "/api/v1/openai/v1/chat/completions",
+            b'{"messages":' + b"[" * 5000 + b"]" * 5000 + b"}",
+        ),
+        (
+            "/api/v1/openai/v1/chat/completions",
+            b'{"seed":' + b"9" * 5000 + b',"messages":[{"role":"user","content":"hi"}]}',
+        ),
+    ],
+    ids=["model-twice", "max-tokens-twice", "content-twice-on-chat", "nesting-5000", "5000-digits"],
+)
+def test_json_the_guards_could_read_differently_from_the_upstream_is_422(
+    stack: Stack, edge: ServiceProcess, standin: OpenAIStandin, path: str, body: bytes
+) -> None:
+    """Duplicate keys would pass the guards (Python keeps the last) while an upstream that
+    keeps the first gets the refused model or token count: such bodies never go upstream."""
+    before = len(standin.calls)
+    response = httpx.post(
+        f"{edge.url}{path}", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == PROBLEM.decode()
+    assert response.json()["code"] == "validation_error"
+    assert len(standin.calls) == before

@@ -5,7 +5,6 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from llm_service.chat import sse
@@ -23,9 +22,10 @@ from llm_service.chat.schemas import (
     WireProblem,
 )
 from servicekit import PROBLEM_MEDIA_TYPE, ServiceError, problem_responses
+from servicekit.jsonbody import StrictJSONRoute
 
 
-class _OpenAIErrorRoute(APIRoute):
+class _OpenAIErrorRoute(StrictJSONRoute):
     """A route whose errors are the app's problem documents plus OpenAI's `error` object:
     the official SDK takes its exception's message, type and code from that object."""
 
@@ -56,7 +56,7 @@ def _wire_problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-router = APIRouter(prefix="/openai", tags=["llm"])
+router = APIRouter(prefix="/openai", tags=["llm"], route_class=StrictJSONRoute)
 wire_router = APIRouter(prefix="/v1", route_class=_OpenAIErrorRoute)
 
 _UPSTREAM_STATUSES = (400, 422, 429, 502, 503, 504)

@@ -1,0 +1,61 @@
+"""A strict reading of JSON request bodies, for routes that forward the bytes they validate.
+
+Python's `json` keeps the last of two equal keys, while another parser (an upstream's) may keep
+the first: `{"model": "<not allowed>", "model": "gpt-4o-mini"}` would pass the allowlist here
+and reach the upstream as the model refused. So on these routes a duplicate key, like nesting
+too deep for the parser or an integer too long to convert, is a JSON decode error, which
+FastAPI answers as a 422 validation problem.
+"""
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+from fastapi.routing import APIRoute
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in body:
+            raise _DuplicateKey(f"duplicate key {key!r}")
+        body[key] = value
+    return body
+
+
+def strict_loads(text: str | bytes) -> Any:
+    """`json.loads`, refusing duplicate keys; every refusal is a `json.JSONDecodeError`."""
+    doc = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise json.JSONDecodeError("nesting too deep", doc, 0) from None
+    except ValueError as error:  # a duplicate key, an integer beyond Python's digit limit
+        raise json.JSONDecodeError(str(error), doc, 0) from None
+
+
+class StrictJSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = strict_loads(await self.body())
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    """A route whose JSON body is read by `strict_loads`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            return await handle(StrictJSONRequest(request.scope, request.receive))
+
+        return handler
