@@ -117,7 +117,12 @@ def _framing(body: bytes | AsyncIterator[bytes], declared: bytes | None) -> RawH
 
 
 def _too_large(policy: ProxyPolicy) -> PayloadTooLarge:
-    return PayloadTooLarge(f"The request body exceeds {policy.max_body_bytes} bytes.")
+    # The rest of the body is never read: the connection ends with the answer, rather than
+    # reading and discarding whatever the client still sends.
+    return PayloadTooLarge(
+        f"The request body exceeds {policy.max_body_bytes} bytes.",
+        headers={"Connection": "close"},
+    )
 
 
 class Exchange:
