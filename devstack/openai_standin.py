@@ -45,6 +45,8 @@ class Fault:
     message: str | None = None
     seconds: float = 0.0
     chunks: int = 0
+    code: str | None = None
+    param: str | None = None
 
     @classmethod
     def error(
@@ -54,14 +56,19 @@ class Fault:
         retry_after: float | str | None = None,
         retry_after_ms: float | None = None,
         message: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
     ) -> "Fault":
-        """An OpenAI error response with this status (and optional retry hints)."""
+        """An OpenAI error response with this status, its error object's `message`, `code`
+        (`context_length_exceeded`, ...) and `param`, and optional retry hints."""
         headers: dict[str, str] = {}
         if retry_after is not None:
             headers["retry-after"] = str(retry_after)
         if retry_after_ms is not None:
             headers["retry-after-ms"] = str(retry_after_ms)
-        return cls("status", status=status, headers=headers, message=message)
+        return cls(
+            "status", status=status, headers=headers, message=message, code=code, param=param
+        )
 
     @classmethod
     def hang(cls, seconds: float) -> "Fault":
@@ -113,11 +120,13 @@ class _Drop(Exception):
     """Ends the connection without a (complete) response."""
 
 
-def _error_body(status: int, message: str, code: str | None = None) -> bytes:
+def _error_body(
+    status: int, message: str, code: str | None = None, param: str | None = None
+) -> bytes:
     kind = "invalid_request_error" if status < 500 else "server_error"
     if status == 429:
         kind = "rate_limit_exceeded"
-    return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
+    return orjson.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}})
 
 
 def _chunk(data: bytes) -> bytes:
@@ -300,9 +309,8 @@ class OpenAIStandin:
         if fault is not None:
             if fault.kind == "status":
                 message = fault.message or f"Scripted {fault.status} from the stand-in."
-                self._respond(
-                    writer, fault.status, _error_body(fault.status, message), fault.headers
-                )
+                error = _error_body(fault.status, message, fault.code, fault.param)
+                self._respond(writer, fault.status, error, fault.headers)
                 return
             if fault.kind == "hang":
                 await asyncio.sleep(fault.seconds)
@@ -383,7 +391,7 @@ class OpenAIStandin:
                 "object": "chat.completion",
                 "choices": [
                     {
-                        "index": 0,
+                        "index": index,
                         "message": {
                             "role": "assistant",
                             "content": "".join(pieces),
@@ -393,6 +401,7 @@ class OpenAIStandin:
                         "logprobs": None,
                         "finish_reason": finish_reason,
                     }
+                    for index in range(request.get("n") or 1)
                 ],
                 "usage": usage,
             }

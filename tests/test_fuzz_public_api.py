@@ -27,6 +27,7 @@ CI_EXAMPLES_PER_OPERATION = 15
 NIGHTLY_EXAMPLES_PER_OPERATION = 200
 ALLOWED_MODEL = "gpt-4o-mini"
 MAX_TOKENS = 4096  # OPENAI_MAX_TOKENS's default, which the stack runs with
+MAX_N = 4  # OPENAI_MAX_N's default
 _VALID_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
@@ -99,11 +100,11 @@ def _server_issued_values(_: HookContext, case: Case[Any], __: dict[str, Any]) -
 
     A valid Idempotency-Key is made unique (reusing one with another body is a documented
     422); a cursor is an opaque token from `next_cursor` (any other string is rightly a
-    422); `model` must be in `OPENAI_ALLOWED_MODELS` and token counts within
-    `OPENAI_MAX_TOKENS`, which the schema cannot know (model ids too: the gateway
-    refuses odd paths such as a `\\` in one with 404); `created_from` after `created_to` is
-    a documented 422 no JSON Schema can express. Invalid values are left alone, so negative
-    cases stay negative.
+    422); `model` must be in `OPENAI_ALLOWED_MODELS`, token counts within
+    `OPENAI_MAX_TOKENS` and `n` within `OPENAI_MAX_N`, which the schema cannot know (model
+    ids too: the gateway refuses odd paths such as a `\\` in one with 404); `created_from`
+    after `created_to` is a documented 422 no JSON Schema can express. Invalid values are
+    left alone, so negative cases stay negative.
     """
     key = case.headers.get("Idempotency-Key") if case.headers else None
     if case.headers and _VALID_IDEMPOTENCY_KEY.fullmatch(str(key)):
@@ -120,6 +121,9 @@ def _server_issued_values(_: HookContext, case: Case[Any], __: dict[str, Any]) -
             value = case.body.get(field)
             if _integral(value) and value > MAX_TOKENS:
                 case.body[field] = MAX_TOKENS
+        choices = case.body.get("n")
+        if _integral(choices) and choices > MAX_N:
+            case.body["n"] = MAX_N
     if case.path_parameters and isinstance(case.path_parameters.get("model_id"), str):
         case.path_parameters["model_id"] = ALLOWED_MODEL
 

@@ -209,7 +209,14 @@ async def test_wire_errors_are_problems_with_an_openai_error_object(
     problem = assert_problem(response, status, code)
     assert set(problem) - {"errors"} == _PROBLEM_FIELDS | {"error"}
     assert problem["error"]["message"] == problem["detail"]
-    assert problem["error"]["type"] == problem["error"]["code"] == code
+    # The upstream's own error type reaches the client where it can act on it (the stand-in
+    # sends no code or param with these).
+    upstream_types = {
+        "upstream_400": "invalid_request_error",
+        "upstream_429": "rate_limit_exceeded",
+    }
+    assert problem["error"]["type"] == upstream_types.get(case, code)
+    assert problem["error"]["code"] == code
     expected_param = ".".join(map(str, problem["errors"][0]["loc"][1:])) if status == 422 else None
     assert problem["error"]["param"] == (expected_param or None)
     assert int(response.headers["content-length"]) == len(response.content)

@@ -118,29 +118,33 @@ def test_sdk_not_found_carries_the_detail_and_code(sdk: openai.OpenAI) -> None:
 
 
 @pytest.mark.parametrize(
-    ("faults", "error_type", "code", "message"),
+    ("faults", "error_type", "code", "error_type_field", "message"),
     [
         (
             [Fault.error(400, message="Invalid value for 'seed'.")],
             openai.BadRequestError,
             "upstream_bad_request",
+            "invalid_request_error",
             "Error code: 400 - Upstream: Invalid value for 'seed'.",
         ),
         (
             [Fault.error(429, retry_after=0)] * 3,
             openai.RateLimitError,
             "upstream_rate_limited",
+            "rate_limit_exceeded",
             "Error code: 429 - The upstream API is rate limiting us; retry in 1 s.",
         ),
         (
             [Fault.error(401)],
             openai.InternalServerError,
             "upstream_auth_failed",
+            "upstream_auth_failed",
             "Error code: 502 - The upstream API rejected the service's API key (HTTP 401).",
         ),
         (
             [Fault.error(500)] * 3,
             openai.InternalServerError,
+            "upstream_error",
             "upstream_error",
             "Error code: 502 - The upstream API failed with HTTP 500.",
         ),
@@ -153,15 +157,52 @@ def test_sdk_upstream_failures_carry_the_detail_and_code(
     faults: list[Fault],
     error_type: type[openai.APIStatusError],
     code: str,
+    error_type_field: str,
     message: str,
 ) -> None:
     upstream.script(*faults)
     with pytest.raises(error_type) as failure:
         sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert failure.value.message == message
-    assert failure.value.code == failure.value.type == code
+    assert failure.value.code == code  # the upstream sent no code of its own
+    assert failure.value.type == error_type_field
     assert failure.value.response.json()["code"] == code
     assert upstream.call_count == len(faults)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_sdk_sees_the_upstreams_error_code_param_and_type(
+    sdk: openai.OpenAI, upstream: OpenAIStandin, stream: bool
+) -> None:
+    message = "This model's maximum context length is 128000 tokens."
+    upstream.script(
+        Fault.error(400, message=message, code="context_length_exceeded", param="messages")
+    )
+    with pytest.raises(openai.BadRequestError) as failure:
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=stream)
+    assert failure.value.status_code == 400
+    assert failure.value.code == "context_length_exceeded"
+    assert failure.value.param == "messages"
+    assert failure.value.type == "invalid_request_error"
+    assert failure.value.message == f"Error code: 400 - Upstream: {message}"
+    problem = failure.value.response.json()
+    assert problem["code"] == "upstream_bad_request"
+    assert problem["type"] == "/problems/upstream_bad_request"
+    assert problem["status"] == 400
+    assert problem["request_id"] == failure.value.response.headers["x-request-id"]
+    assert upstream.call_count == 1
+
+
+def test_sdk_n_over_the_cap_is_422_naming_n(sdk: openai.OpenAI, upstream: OpenAIStandin) -> None:
+    with pytest.raises(openai.UnprocessableEntityError) as invalid:
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, n=5)
+    assert invalid.value.param == "n"
+    assert invalid.value.code == "validation_error"
+    assert "OPENAI_MAX_N" in invalid.value.message
+    assert upstream.call_count == 0
+    completion = sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, n=4)
+    assert [choice.index for choice in completion.choices] == [0, 1, 2, 3]
+    assert upstream.calls[0].json()["n"] == 4
 
 
 def test_sdk_stream_failing_mid_way_raises(sdk: openai.OpenAI, upstream: OpenAIStandin) -> None:

@@ -20,6 +20,9 @@ class Settings(ServiceSettings):
         default=(), description="Comma-separated allowlist; `OPENAI_MODEL` is always allowed."
     )
     openai_max_tokens: int = Field(default=4096, ge=1, description="Cap on a request's max_tokens.")
+    openai_max_n: int = Field(
+        default=4, ge=1, description="Cap on a chat completion's `n` (choices per request)."
+    )
     openai_timeout: float = Field(default=60.0, gt=0, description="Seconds per upstream attempt.")
     openai_max_retries: int = Field(default=3, ge=0)
     openai_retry_max_time: float = Field(

@@ -12,15 +12,30 @@ class LLMNotConfigured(ServiceError):
     status, code, title = 503, "llm_not_configured", "LLM not configured"
 
 
+class UpstreamFailure(ServiceError):
+    """An upstream failure the client can act on; `upstream` is the error object the
+    upstream sent with it, whose `type`, `code` and `param` reach OpenAI's clients unchanged."""
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        upstream: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail, headers=headers)
+        self.upstream = dict(upstream or {})
+
+
 class UpstreamAuthFailed(ServiceError):
     status, code, title = 502, "upstream_auth_failed", "Upstream rejected our credentials"
 
 
-class UpstreamBadRequest(ServiceError):
+class UpstreamBadRequest(UpstreamFailure):
     status, code, title = 400, "upstream_bad_request", "Upstream rejected the request"
 
 
-class UpstreamRateLimited(ServiceError):
+class UpstreamRateLimited(UpstreamFailure):
     status, code, title = 429, "upstream_rate_limited", "Upstream rate limit reached"
 
 
@@ -55,17 +70,29 @@ class UpstreamStatusError(Exception):
         return cls(response.status_code, response.headers, error if isinstance(error, dict) else {})
 
 
-def openai_error(problem: Mapping[str, Any]) -> dict[str, Any]:
+_UPSTREAM_ERROR_FIELDS = ("type", "param", "code")
+_MAX_UPSTREAM_FIELD = 200
+
+
+def openai_error(problem: Mapping[str, Any], cause: Exception | None = None) -> dict[str, Any]:
     """OpenAI's `error` object for a problem document, which the official SDK reads its
-    `message`, `type`, `param` and `code` from."""
+    `message`, `type`, `param` and `code` from: the upstream's own `type`, `param` and
+    `code` when `cause` is an upstream failure that came with them (so that clients can
+    branch on `context_length_exceeded`), else the problem's."""
     errors = problem.get("errors") or ()
     loc = [str(part) for part in errors[0]["loc"][1:]] if errors else []
-    return {
+    error = {
         "message": problem.get("detail") or problem["title"],
         "type": problem["code"],
         "param": ".".join(loc) or None,
         "code": problem["code"],
     }
+    upstream = cause.upstream if isinstance(cause, UpstreamFailure) else {}
+    for name in _UPSTREAM_ERROR_FIELDS:
+        value = upstream.get(name)
+        if isinstance(value, str) and 0 < len(value) <= _MAX_UPSTREAM_FIELD:
+            error[name] = value
+    return error
 
 
 class InvalidChatRequest(ValidationFailed):

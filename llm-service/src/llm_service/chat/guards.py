@@ -1,4 +1,5 @@
-"""What a request may ask of the upstream: an allowlisted model, a bounded number of tokens."""
+"""What a request may ask of the upstream: an allowlisted model, a bounded number of tokens
+and of choices."""
 
 from llm_service.chat.exceptions import InvalidChatRequest
 from llm_service.config import Settings
@@ -9,6 +10,7 @@ class Guards:
         self.default_model = settings.openai_model
         self.models = settings.allowed_models
         self.max_tokens = settings.openai_max_tokens
+        self.max_n = settings.openai_max_n
 
     def model(self, requested: str | None) -> str:
         """The model to call: the default when none is asked for, else an allowed one."""
@@ -30,3 +32,9 @@ class Guards:
         ]
         if issues:
             raise InvalidChatRequest(issues)
+
+    def check_n(self, n: int | None) -> None:
+        """`n` multiplies the completion tokens a request costs: OPENAI_MAX_N caps it."""
+        if n is not None and n > self.max_n:
+            message = f"Input should be at most {self.max_n} (OPENAI_MAX_N)"
+            raise InvalidChatRequest([(("body", "n"), message, "less_than_equal")])

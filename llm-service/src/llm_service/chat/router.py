@@ -39,8 +39,9 @@ class _OpenAIErrorRoute(StrictJSONRoute):
                 handlers = request.app.exception_handlers
                 render = next(handlers[cls] for cls in type(exc).__mro__ if cls in handlers)
                 response: Response = await render(request, exc)
+                cause: Exception = exc
             problem = orjson.loads(response.body)
-            problem["error"] = openai_error(problem)
+            problem["error"] = openai_error(problem, cause)
             response.body = orjson.dumps(problem)
             response.headers["content-length"] = str(len(response.body))
             return response

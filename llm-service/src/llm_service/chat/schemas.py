@@ -253,11 +253,18 @@ class WireModelList(BaseModel):
 
 class OpenAIError(BaseModel):
     message: str = Field(description="The problem's `detail` (its `title` when it has none).")
-    type: str = Field(description="The problem's `code`.")
-    param: str | None = Field(
-        description="The offending field of a validation error (`model`, `messages.0.content`)."
+    type: str = Field(
+        description="The upstream's error `type` (`invalid_request_error`) on a 400 or 429 it "
+        "sent; else the problem's `code`."
     )
-    code: str = Field(description="The problem's `code`.")
+    param: str | None = Field(
+        description="The offending field of a validation error (`model`, `messages.0.content`), "
+        "or the upstream's `param` on a 400 or 429 it sent."
+    )
+    code: str = Field(
+        description="The upstream's error `code` (`context_length_exceeded`) on a 400 or 429 "
+        "it sent; else the problem's `code`."
+    )
 
 
 class WireProblem(Problem):

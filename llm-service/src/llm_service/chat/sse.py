@@ -69,7 +69,7 @@ def error_event(error: ServiceError, instance: str, *, openai: bool) -> bytes:
     body = problem_body(error.status, error.code, error.title, error.detail, instance)
     if openai:
         # The openai SDK raises an APIError for an event whose data has an `error` object.
-        body["error"] = openai_error(body)
+        body["error"] = openai_error(body, error)
     return b"event: error\ndata: %b\n\n" % orjson.dumps(body)
 
 

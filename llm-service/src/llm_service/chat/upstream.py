@@ -195,7 +195,8 @@ class UpstreamClient:
 
     def _translate_status(self, exc: UpstreamStatusError) -> ServiceError:
         """Our credentials are our problem (502), the request is the client's (400), a
-        rate limit is passed on (429, with a wait), and anything else is the upstream's."""
+        rate limit is passed on (429, with a wait), and anything else is the upstream's.
+        The upstream's error object goes with the two the client can act on."""
         status = exc.status
         if status in {401, 403}:
             return UpstreamAuthFailed(
@@ -206,11 +207,12 @@ class UpstreamClient:
             return UpstreamRateLimited(
                 f"The upstream API is rate limiting us; retry in {wait} s.",
                 headers={"Retry-After": str(wait)},
+                upstream=exc.error,
             )
         if status == 408:
             return UpstreamTimeout("The upstream API timed out (HTTP 408).")
         if status < 500 and status != 409:
-            return UpstreamBadRequest(self._upstream_message(exc))
+            return UpstreamBadRequest(self._upstream_message(exc), upstream=exc.error)
         return UpstreamError(f"The upstream API failed with HTTP {status}.")
 
     def _upstream_message(self, exc: UpstreamStatusError) -> str:

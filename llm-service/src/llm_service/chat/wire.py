@@ -47,6 +47,7 @@ class WireService:
         self._guards.check_max_tokens(
             max_tokens=request.max_tokens, max_completion_tokens=request.max_completion_tokens
         )
+        self._guards.check_n(request.n)
         if request.model is None:
             raw = orjson.dumps({**orjson.loads(raw), "model": model})
         return model, raw
