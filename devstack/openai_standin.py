@@ -2,7 +2,8 @@
 
 It stands in for the OpenAI API in tests and benchmarks: `POST /v1/chat/completions`
 (plain and `stream=true` in OpenAI's chunk format, usage chunk with
-`stream_options.include_usage`), `GET /v1/models` and `GET /v1/models/{id}`. Each API call
+`stream_options.include_usage`), `POST /v1/embeddings` (a deterministic unit vector per
+input, `float` or `base64`), `GET /v1/models` and `GET /v1/models/{id}`. Each API call
 takes the next fault from a queue (a status with `retry-after`, a hang, malformed JSON, a
 dropped connection before or during the stream, a delay) and is recorded.
 
@@ -14,9 +15,14 @@ In a test: `with OpenAIStandin() as upstream: upstream.script(Fault.status(429, 
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import hashlib
 import itertools
+import math
+import random
 import re
+import struct
 import threading
 import time
 from collections import deque
@@ -29,7 +35,8 @@ import orjson
 
 FaultKind = Literal["status", "hang", "malformed", "drop", "drop_after", "delay"]
 
-DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini")
+DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "text-embedding-3-small")
+EMBEDDING_DIMENSIONS = 1536
 DEFAULT_REPLY = "Hello! This is the OpenAI stand-in speaking."
 _PIECE = re.compile(r"\s*\S+")
 _MAX_HEAD = 64 * 1024
@@ -127,6 +134,36 @@ def _error_body(
     if status == 429:
         kind = "rate_limit_exceeded"
     return orjson.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}})
+
+
+def _embeddings(body: bytes) -> tuple[int, bytes]:
+    """(status, body) of an embeddings call: one unit vector per input, seeded by its text."""
+    try:
+        request = orjson.loads(body)
+        inputs, model = request["input"], request["model"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return 400, _error_body(400, "You must provide a model and an input.", param="input")
+    if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
+        inputs = [inputs]
+    dimensions = request.get("dimensions") or EMBEDDING_DIMENSIONS
+    as_base64 = request.get("encoding_format") == "base64"
+    data = []
+    for index, text in enumerate(inputs):
+        vector = _unit_vector(orjson.dumps(text), dimensions)
+        encoded: Any = vector
+        if as_base64:
+            encoded = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
+    tokens = sum(len(text.split()) if isinstance(text, str) else len(text) for text in inputs)
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return 200, orjson.dumps({"object": "list", "data": data, "model": model, "usage": usage})
+
+
+def _unit_vector(seed: bytes, dimensions: int) -> list[float]:
+    rng = random.Random(hashlib.sha256(seed).digest())  # noqa: S311 - test data, not secrets
+    values = [rng.gauss(0, 1) for _ in range(dimensions)]
+    norm = math.sqrt(sum(value * value for value in values))
+    return [value / norm for value in values]
 
 
 def _chunk(data: bytes) -> bytes:
@@ -337,6 +374,8 @@ class OpenAIStandin:
                 self._respond(writer, 404, _error_body(404, message, "model_not_found"))
         elif method == "POST" and path == "/v1/chat/completions":
             await self._chat(body, writer, drop_after)
+        elif method == "POST" and path == "/v1/embeddings":
+            self._respond(writer, *_embeddings(body))
         else:
             self._respond(writer, 404, _error_body(404, f"Unknown request URL: {method} {path}."))
 

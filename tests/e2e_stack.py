@@ -35,7 +35,7 @@ def llm_env(standin: OpenAIStandin) -> dict[str, str]:
         "OPENAI_API_KEY": STANDIN_API_KEY,
         "OPENAI_BASE_URL": standin.base_url,
         "OPENAI_MODEL": "gpt-4o-mini",
-        "OPENAI_ALLOWED_MODELS": "gpt-4o-mini,gpt-4o",
+        "OPENAI_ALLOWED_MODELS": "gpt-4o-mini,gpt-4o,text-embedding-3-small",
         "OPENAI_RETRY_MAX_TIME": "5",
     }
 

@@ -1,6 +1,9 @@
 """The LLM half through the gateway, with real processes: our API and the official SDK."""
 
+import base64
+import struct
 import time
+from typing import Literal
 
 import httpx
 import orjson
@@ -85,7 +88,35 @@ async def test_official_sdk_streaming(sdk: AsyncOpenAI) -> None:
 
 async def test_official_sdk_models_list(sdk: AsyncOpenAI) -> None:
     models = [model.id async for model in sdk.models.list()]
-    assert set(models) == {"gpt-4o-mini", "gpt-4o"}
+    assert set(models) == {"gpt-4o-mini", "gpt-4o", "text-embedding-3-small"}
+
+
+@pytest.mark.parametrize("encoding_format", ["float", "base64"])
+async def test_official_sdk_embeddings_through_the_gateway(
+    sdk: AsyncOpenAI, encoding_format: Literal["float", "base64"]
+) -> None:
+    texts = ["An audit trail.", "Who did what, and when."]
+    result = await sdk.embeddings.create(
+        model="text-embedding-3-small", input=texts, encoding_format=encoding_format
+    )
+    assert [item.index for item in result.data] == [0, 1]
+    assert result.model == "text-embedding-3-small"
+    assert result.usage.prompt_tokens == 8
+    if encoding_format == "float":
+        vectors = [item.embedding for item in result.data]
+    else:  # the SDK leaves a base64 string asked for explicitly as it came
+        raw = [base64.b64decode(str(item.embedding)) for item in result.data]
+        vectors = [list(struct.unpack(f"<{len(r) // 4}f", r)) for r in raw]
+    assert [len(vector) for vector in vectors] == [1536, 1536]
+    assert all(abs(sum(v * v for v in vector) - 1) < 1e-3 for vector in vectors)
+    again = await sdk.embeddings.create(model="text-embedding-3-small", input=texts[0])
+    assert again.data[0].embedding == pytest.approx(vectors[0], abs=1e-6)
+
+
+async def test_official_sdk_embeddings_outside_the_allowlist_are_422(sdk: AsyncOpenAI) -> None:
+    with pytest.raises(UnprocessableEntityError) as invalid:
+        await sdk.embeddings.create(model="text-embedding-3-large", input="Hi")
+    assert invalid.value.param == "model"
 
 
 async def test_official_sdk_sees_a_model_outside_the_allowlist_as_422(sdk: AsyncOpenAI) -> None:

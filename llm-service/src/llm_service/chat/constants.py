@@ -4,6 +4,8 @@ MAX_MESSAGE_CHARS = 256_000
 """Characters of text in one message."""
 MAX_TOTAL_CHARS = 512_000
 """Characters of text in all messages of one request."""
+MAX_EMBEDDING_INPUTS = 2048
+"""Inputs of one embeddings request (OpenAI's own limit)."""
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 INITIAL_RETRY_WAIT = 0.5

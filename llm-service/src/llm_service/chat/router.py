@@ -17,6 +17,8 @@ from llm_service.chat.schemas import (
     ChatStreamEnd,
     WireChatCompletion,
     WireChatRequest,
+    WireEmbeddingList,
+    WireEmbeddingRequest,
     WireModel,
     WireModelList,
     WireProblem,
@@ -159,6 +161,28 @@ async def chat_completions(
     if body.stream:
         return _event_stream(await service.stream(body, raw), request, openai=True)
     return Response(await service.completion(body, raw), media_type="application/json")
+
+
+@wire_router.post(
+    "/embeddings",
+    summary="OpenAI-compatible embeddings",
+    description=(
+        "OpenAI's embeddings request and response, byte for byte (`encoding_format` "
+        "`float` or `base64`, `dimensions`, ...). The model must be allowlisted: embedding "
+        "models are named in `OPENAI_ALLOWED_MODELS` like chat models (422 otherwise). "
+        "Retries and errors as on chat completions."
+    ),
+    response_model=None,
+    responses={
+        200: {"model": WireEmbeddingList},
+        **_wire_problems(*_UPSTREAM_STATUSES, 415),
+    },
+)
+async def embeddings(
+    body: WireEmbeddingRequest, service: WireServiceDep, request: Request
+) -> Response:
+    content = await service.embeddings(body, await request.body())
+    return Response(content, media_type="application/json")
 
 
 @wire_router.get(

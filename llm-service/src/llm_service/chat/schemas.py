@@ -2,7 +2,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from llm_service.chat.constants import MAX_MESSAGE_CHARS, MAX_MESSAGES, MAX_TOTAL_CHARS
+from llm_service.chat.constants import (
+    MAX_EMBEDDING_INPUTS,
+    MAX_MESSAGE_CHARS,
+    MAX_MESSAGES,
+    MAX_TOTAL_CHARS,
+)
 from servicekit import Problem, ValidationFailed
 
 
@@ -223,6 +228,81 @@ class WireChatCompletion(BaseModel):
     created: int
     model: str
     choices: list[dict[str, Any]]
+    usage: dict[str, Any] | None = None
+
+
+# OpenAI's embeddings. Only what we guard is typed; every other field (`dimensions`, `user`,
+# ...) is forwarded upstream byte for byte.
+
+
+class WireEmbeddingRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "text-embedding-3-small",
+                    "input": ["An audit trail.", "Who did what, and when."],
+                    "encoding_format": "float",
+                }
+            ]
+        },
+    )
+
+    model: str = Field(description="An embedding model named in `OPENAI_ALLOWED_MODELS`.")
+    input: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+        | Annotated[list[Integer], Field(min_length=1)]
+        | Annotated[list[Annotated[list[Integer], Field(min_length=1)]], Field(min_length=1)]
+    ) = Field(
+        description=(
+            f"A text, a list of texts, a token array or a list of token arrays; at most "
+            f"{MAX_EMBEDDING_INPUTS} inputs and {MAX_TOTAL_CHARS} characters in all."
+        )
+    )
+    encoding_format: Literal["float", "base64"] | None = Field(
+        default=None, description="`float` (the upstream's default) or `base64`."
+    )
+    dimensions: PositiveInteger | None = None
+    user: str | None = None
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "WireEmbeddingRequest":
+        inputs = [self.input] if isinstance(self.input, str) else self.input
+        if len(inputs) > MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"more than {MAX_EMBEDDING_INPUTS} inputs")
+        if sum(len(text) for text in inputs if isinstance(text, str)) > MAX_TOTAL_CHARS:
+            raise ValueError(f"the inputs hold more than {MAX_TOTAL_CHARS} characters in all")
+        return self
+
+
+class WireEmbeddingList(BaseModel):
+    """OpenAI's list of embeddings, returned exactly as the upstream sent it."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "object": "list",
+                    "data": [
+                        {"object": "embedding", "index": 0, "embedding": [0.0123, -0.0456, 0.0789]}
+                    ],
+                    "model": "text-embedding-3-small",
+                    "usage": {"prompt_tokens": 4, "total_tokens": 4},
+                }
+            ]
+        },
+    )
+
+    object: Literal["list"]
+    data: list[dict[str, Any]] = Field(
+        description="`{object: embedding, index, embedding}`: `embedding` is a list of floats, "
+        "or with `encoding_format: base64` a base64 string of little-endian float32 values."
+    )
+    model: str
     usage: dict[str, Any] | None = None
 
 

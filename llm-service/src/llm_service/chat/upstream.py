@@ -105,7 +105,8 @@ class OpenStream:
 
 
 class UpstreamClient:
-    """Chat completions upstream, with one retry policy around every call.
+    """OpenAI's API upstream (chat completions, embeddings), with one retry policy around
+    every call.
 
     It sends our (already validated) JSON bytes through the SDK client's own pooled
     transport, with its base URL, auth and default headers, and hands back the upstream's
@@ -115,25 +116,34 @@ class UpstreamClient:
 
     def __init__(self, client: AsyncOpenAI, http: httpx2.AsyncClient, settings: Settings) -> None:
         self._http = http
-        self._url = f"{str(client.base_url).rstrip('/')}/chat/completions"
+        self._base_url = str(client.base_url).rstrip("/")
         headers = {**client.default_headers, **client.auth_headers}
         self._headers = {name: value for name, value in headers.items() if isinstance(value, str)}
         self._settings = settings
         policy = retry_policy(settings.openai_max_retries, settings.openai_retry_max_time)
-        self._complete_once = policy(self._complete_attempt)
+        self._post_once = policy(self._post_attempt)
         self._open_once = policy(self._open_attempt)
 
     async def complete(self, call: UpstreamCall, body: bytes) -> tuple[dict[str, Any], bytes]:
-        """The completion, parsed and as sent; raises the client's `ServiceError`."""
-        try:
-            return await self._complete_once(call, body)
-        except UPSTREAM_FAILURES as exc:
-            raise self.failed(call, exc) from None
+        """The chat completion, parsed and as sent; raises the client's `ServiceError`."""
+        return await self._post(call, "/chat/completions", body, "choices")
+
+    async def embed(self, call: UpstreamCall, body: bytes) -> tuple[dict[str, Any], bytes]:
+        """The embeddings, parsed and as sent; raises the client's `ServiceError`."""
+        return await self._post(call, "/embeddings", body, "data")
 
     async def open(self, call: UpstreamCall, body: bytes) -> OpenStream:
         """The stream, retried until its first bytes arrive; raises the client's `ServiceError`."""
         try:
             return await self._open_once(call, body)
+        except UPSTREAM_FAILURES as exc:
+            raise self.failed(call, exc) from None
+
+    async def _post(
+        self, call: UpstreamCall, path: str, body: bytes, member: str
+    ) -> tuple[dict[str, Any], bytes]:
+        try:
+            return await self._post_once(call, path, body, member)
         except UPSTREAM_FAILURES as exc:
             raise self.failed(call, exc) from None
 
@@ -143,8 +153,9 @@ class UpstreamClient:
         call.log(error.code)
         return error
 
-    async def _send(self, body: bytes, *, stream: bool) -> httpx2.Response:
-        request = self._http.build_request("POST", self._url, content=body, headers=self._headers)
+    async def _send(self, path: str, body: bytes, *, stream: bool) -> httpx2.Response:
+        url = self._base_url + path
+        request = self._http.build_request("POST", url, content=body, headers=self._headers)
         response = await self._http.send(request, stream=stream)
         if response.status_code >= 400:
             try:
@@ -154,23 +165,24 @@ class UpstreamClient:
             raise UpstreamStatusError.from_response(response)
         return response
 
-    async def _complete_attempt(
-        self, call: UpstreamCall, body: bytes
+    async def _post_attempt(
+        self, call: UpstreamCall, path: str, body: bytes, member: str
     ) -> tuple[dict[str, Any], bytes]:
+        """One attempt; a 200 must be a JSON object with a list `member` (`choices`, `data`)."""
         call.attempts += 1
-        content = (await self._send(body, stream=False)).content
+        content = (await self._send(path, body, stream=False)).content
         try:
             payload = orjson.loads(content)
         except orjson.JSONDecodeError:
-            raise MalformedUpstreamResponse("the completion is not JSON") from None
-        if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
-            raise MalformedUpstreamResponse("the completion has no choices")
+            raise MalformedUpstreamResponse("the response is not JSON") from None
+        if not isinstance(payload, dict) or not isinstance(payload.get(member), list):
+            raise MalformedUpstreamResponse(f"the response has no {member}")
         return payload, content
 
     async def _open_attempt(self, call: UpstreamCall, body: bytes) -> OpenStream:
         """Open the stream and wait for its first bytes: until then a failure is retried."""
         call.attempts += 1
-        response = await self._send(body, stream=True)
+        response = await self._send("/chat/completions", body, stream=True)
         chunks = response.aiter_bytes()
         try:
             async for first in chunks:

@@ -1,4 +1,5 @@
-"""OpenAI's wire format: the client's request bytes go upstream, the upstream's come back."""
+"""OpenAI's wire format (chat completions, embeddings, models): the client's request bytes
+go upstream, the upstream's come back."""
 
 import asyncio
 from collections.abc import AsyncGenerator
@@ -9,7 +10,12 @@ from llm_service.chat import sse
 from llm_service.chat.exceptions import ModelNotFound
 from llm_service.chat.guards import Guards
 from llm_service.chat.retry import UPSTREAM_FAILURES
-from llm_service.chat.schemas import WireChatRequest, WireModel, WireModelList
+from llm_service.chat.schemas import (
+    WireChatRequest,
+    WireEmbeddingRequest,
+    WireModel,
+    WireModelList,
+)
 from llm_service.chat.upstream import OpenStream, UpstreamCall, UpstreamClient
 
 
@@ -33,6 +39,14 @@ class WireService:
         call = UpstreamCall("wire", model, stream=True)
         opened = await self._upstream.open(call, body)
         return self._events(call, opened)
+
+    async def embeddings(self, request: WireEmbeddingRequest, raw: bytes) -> bytes:
+        """The upstream's embeddings, byte for byte."""
+        model = self._guards.model(request.model)
+        call = UpstreamCall("embeddings", model, stream=False)
+        payload, content = await self._upstream.embed(call, raw)
+        call.log("ok", payload.get("usage"))
+        return content
 
     def models(self) -> WireModelList:
         return WireModelList(data=[WireModel(id=name) for name in self._guards.models])
