@@ -188,6 +188,8 @@ class OpenAIStandin:
         self.models = tuple(models)
         self.pieces = _PIECE.findall(reply)
         self.chunk_delay = chunk_delay
+        self.serves_models = True
+        """False: no models endpoint, as some OpenAI-compatible servers (404)."""
         self.faults: deque[Fault] = deque()
         self.call_count = 0
         self.connection_count = 0
@@ -362,10 +364,11 @@ class OpenAIStandin:
             if fault.kind == "drop_after":
                 drop_after = fault.chunks
 
-        if method == "GET" and path == "/v1/models":
+        serves_models = method == "GET" and self.serves_models
+        if serves_models and path == "/v1/models":
             data = [self._model(name) for name in self.models]
             self._respond(writer, 200, orjson.dumps({"object": "list", "data": data}))
-        elif method == "GET" and path.startswith("/v1/models/"):
+        elif serves_models and path.startswith("/v1/models/"):
             name = path.removeprefix("/v1/models/")
             if name in self.models:
                 self._respond(writer, 200, orjson.dumps(self._model(name)))
@@ -504,6 +507,7 @@ class OpenAIStandin:
             config = orjson.loads(body or b"{}")
             self.chunk_delay = float(config.get("chunk_delay", self.chunk_delay))
             self.api_key = config.get("api_key", self.api_key)
+            self.serves_models = bool(config.get("serves_models", self.serves_models))
             if "reply" in config:
                 self.pieces = _PIECE.findall(config["reply"])
         elif method == "GET" and path == "/_standin/calls":

@@ -18,6 +18,7 @@ def _standin() -> Iterator[OpenAIStandin]:
 def upstream(_standin: OpenAIStandin) -> Iterator[OpenAIStandin]:
     _standin.reset()
     _standin.chunk_delay = 0.0
+    _standin.serves_models = True
     _standin.api_key = API_KEY
     yield _standin
     _standin.reset()

@@ -85,11 +85,15 @@ async def test_the_allowlist_and_cap_come_from_config(
     assert models.json() == {
         "object": "list",
         "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "openai"}
+            {"id": name, "object": "model", "created": 1715367049, "owned_by": "system"}
             for name in ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini")
         ],
     }
-    assert upstream.call_count == 2
+    assert [call.path for call in upstream.calls] == [
+        "/v1/chat/completions",
+        "/v1/chat/completions",
+        "/v1/models",
+    ]
 
 
 async def test_wire_request_reaches_the_upstream_byte_for_byte(

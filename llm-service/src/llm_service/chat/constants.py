@@ -14,3 +14,6 @@ MAX_RETRY_WAIT = 8.0
 
 KEY_CHECK_TIMEOUT = 10.0
 """Seconds the start-up key check may take at most."""
+
+MODELS_CACHE_TTL = 60.0
+"""Seconds the upstream's model list is reused before it is asked again."""

@@ -185,23 +185,33 @@ async def embeddings(
     return Response(content, media_type="application/json")
 
 
+_MODELS_DESCRIPTION = (
+    "The upstream's own entries of the models in the allowlist (`OPENAI_MODEL` and "
+    "`OPENAI_ALLOWED_MODELS`), in allowlist order; asked for at most once a minute. An "
+    "allowlisted model the upstream does not list is left out. Only when the upstream has "
+    "no models endpoint (404) are the entries made from the allowlist alone (`created: 0`)."
+)
+
+
 @wire_router.get(
     "/models",
     summary="OpenAI-compatible list of the allowlisted models",
-    responses=_wire_problems(503),
+    description=_MODELS_DESCRIPTION,
+    responses=_wire_problems(400, 429, 502, 503, 504),
 )
 async def list_models(service: WireServiceDep) -> WireModelList:
-    return service.models()
+    return await service.models()
 
 
 @wire_router.get(
     "/models/{model_id:path}",
     summary="OpenAI-compatible description of one allowlisted model",
+    description=_MODELS_DESCRIPTION,
     # 422 listed so that FastAPI's default one (HTTPValidationError) is not: no id fails it.
-    responses=_wire_problems(404, 422, 503),
+    responses=_wire_problems(400, 404, 422, 429, 502, 503, 504),
 )
 async def retrieve_model(model_id: str, service: WireServiceDep) -> WireModel:
-    return service.model(model_id)
+    return await service.model(model_id)
 
 
 router.include_router(wire_router)

@@ -307,8 +307,12 @@ class WireEmbeddingList(BaseModel):
 
 
 class WireModel(BaseModel):
+    """The upstream's model entry, every field it sent kept."""
+
+    model_config = ConfigDict(extra="allow")
+
     id: str
-    object: Literal["model"] = "model"
+    object: str = "model"
     created: int = 0
     owned_by: str = "openai"
 
@@ -320,7 +324,12 @@ class WireModelList(BaseModel):
                 {
                     "object": "list",
                     "data": [
-                        {"id": "gpt-4o-mini", "object": "model", "created": 0, "owned_by": "openai"}
+                        {
+                            "id": "gpt-4o-mini",
+                            "object": "model",
+                            "created": 1721172741,
+                            "owned_by": "system",
+                        }
                     ],
                 }
             ]

@@ -105,8 +105,8 @@ class OpenStream:
 
 
 class UpstreamClient:
-    """OpenAI's API upstream (chat completions, embeddings), with one retry policy around
-    every call.
+    """OpenAI's API upstream (chat completions, embeddings, models), with one retry policy
+    around every call.
 
     It sends our (already validated) JSON bytes through the SDK client's own pooled
     transport, with its base URL, auth and default headers, and hands back the upstream's
@@ -121,16 +121,31 @@ class UpstreamClient:
         self._headers = {name: value for name, value in headers.items() if isinstance(value, str)}
         self._settings = settings
         policy = retry_policy(settings.openai_max_retries, settings.openai_retry_max_time)
-        self._post_once = policy(self._post_attempt)
+        self._call_once = policy(self._attempt)
         self._open_once = policy(self._open_attempt)
 
     async def complete(self, call: UpstreamCall, body: bytes) -> tuple[dict[str, Any], bytes]:
         """The chat completion, parsed and as sent; raises the client's `ServiceError`."""
-        return await self._post(call, "/chat/completions", body, "choices")
+        return await self._call(call, "/chat/completions", body, "choices")
 
     async def embed(self, call: UpstreamCall, body: bytes) -> tuple[dict[str, Any], bytes]:
         """The embeddings, parsed and as sent; raises the client's `ServiceError`."""
-        return await self._post(call, "/embeddings", body, "data")
+        return await self._call(call, "/embeddings", body, "data")
+
+    async def models(self, call: UpstreamCall) -> list[dict[str, Any]] | None:
+        """The upstream's model entries; `None` when it has no models endpoint (404)."""
+        try:
+            payload, _ = await self._call_once(call, "/models", None, "data")
+        except UpstreamStatusError as exc:
+            if exc.status != 404:
+                raise self.failed(call, exc) from None
+            call.log("no_models_endpoint")
+            return None
+        except UPSTREAM_FAILURES as exc:
+            raise self.failed(call, exc) from None
+        call.log("ok")
+        entries = payload["data"]
+        return [entry for entry in entries if isinstance(entry, dict) and "id" in entry]
 
     async def open(self, call: UpstreamCall, body: bytes) -> OpenStream:
         """The stream, retried until its first bytes arrive; raises the client's `ServiceError`."""
@@ -139,11 +154,11 @@ class UpstreamClient:
         except UPSTREAM_FAILURES as exc:
             raise self.failed(call, exc) from None
 
-    async def _post(
+    async def _call(
         self, call: UpstreamCall, path: str, body: bytes, member: str
     ) -> tuple[dict[str, Any], bytes]:
         try:
-            return await self._post_once(call, path, body, member)
+            return await self._call_once(call, path, body, member)
         except UPSTREAM_FAILURES as exc:
             raise self.failed(call, exc) from None
 
@@ -153,9 +168,10 @@ class UpstreamClient:
         call.log(error.code)
         return error
 
-    async def _send(self, path: str, body: bytes, *, stream: bool) -> httpx2.Response:
-        url = self._base_url + path
-        request = self._http.build_request("POST", url, content=body, headers=self._headers)
+    async def _send(self, path: str, body: bytes | None, *, stream: bool) -> httpx2.Response:
+        """POST `body`, or GET without one."""
+        method, url = ("GET" if body is None else "POST"), self._base_url + path
+        request = self._http.build_request(method, url, content=body, headers=self._headers)
         response = await self._http.send(request, stream=stream)
         if response.status_code >= 400:
             try:
@@ -165,8 +181,8 @@ class UpstreamClient:
             raise UpstreamStatusError.from_response(response)
         return response
 
-    async def _post_attempt(
-        self, call: UpstreamCall, path: str, body: bytes, member: str
+    async def _attempt(
+        self, call: UpstreamCall, path: str, body: bytes | None, member: str
     ) -> tuple[dict[str, Any], bytes]:
         """One attempt; a 200 must be a JSON object with a list `member` (`choices`, `data`)."""
         call.attempts += 1

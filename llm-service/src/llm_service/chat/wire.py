@@ -2,11 +2,14 @@
 go upstream, the upstream's come back."""
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator
+from typing import Any
 
 import orjson
 
 from llm_service.chat import sse
+from llm_service.chat.constants import MODELS_CACHE_TTL
 from llm_service.chat.exceptions import ModelNotFound
 from llm_service.chat.guards import Guards
 from llm_service.chat.retry import UPSTREAM_FAILURES
@@ -23,6 +26,9 @@ class WireService:
     def __init__(self, upstream: UpstreamClient, guards: Guards) -> None:
         self._upstream = upstream
         self._guards = guards
+        self._models: dict[str, WireModel] = {}
+        self._models_expire = 0.0
+        self._models_lock = asyncio.Lock()
 
     async def completion(self, request: WireChatRequest, raw: bytes) -> bytes:
         """The upstream's chat completion, byte for byte."""
@@ -48,13 +54,36 @@ class WireService:
         call.log("ok", payload.get("usage"))
         return content
 
-    def models(self) -> WireModelList:
-        return WireModelList(data=[WireModel(id=name) for name in self._guards.models])
+    async def models(self) -> WireModelList:
+        return WireModelList(data=list((await self._catalogue()).values()))
 
-    def model(self, name: str) -> WireModel:
-        if name not in self._guards.models:
+    async def model(self, name: str) -> WireModel:
+        entry = (await self._catalogue()).get(name)
+        if entry is None:
             raise ModelNotFound(f"No model '{name}' is offered here.")
-        return WireModel(id=name)
+        return entry
+
+    async def _catalogue(self) -> dict[str, WireModel]:
+        """The upstream's entries of the allowlisted models, in allowlist order, asked for
+        at most once per MODELS_CACHE_TTL; the allowlist alone when the upstream has no
+        models endpoint."""
+        async with self._models_lock:
+            if time.monotonic() >= self._models_expire:
+                call = UpstreamCall("models", "", stream=False)
+                entries = await self._upstream.models(call)
+                self._models = self._allowed(entries)
+                self._models_expire = time.monotonic() + MODELS_CACHE_TTL
+            return self._models
+
+    def _allowed(self, entries: list[dict[str, Any]] | None) -> dict[str, WireModel]:
+        if entries is None:
+            return {name: WireModel(id=name) for name in self._guards.models}
+        offered = {str(entry["id"]): entry for entry in entries}
+        return {
+            name: WireModel.model_validate(offered[name])
+            for name in self._guards.models
+            if name in offered
+        }
 
     def _body(self, request: WireChatRequest, raw: bytes) -> tuple[str, bytes]:
         model = self._guards.model(request.model)
