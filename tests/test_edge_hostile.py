@@ -369,31 +369,3 @@ def test_json_the_guards_could_read_differently_from_the_upstream_is_422(
     assert response.headers["content-type"] == PROBLEM.decode()
     assert response.json()["code"] == "validation_error"
     assert len(standin.calls) == before
-
-
-def test_after_a_413_on_a_chunked_body_the_rest_is_not_read(edge: ServiceProcess) -> None:
-    """Over the body limit mid-stream: the gateway answers 413 and ends the connection rather
-    than reading (and discarding) what the client keeps sending."""
-    assert edge.process is not None
-    gateway = psutil.Process(edge.process.pid)
-    before = gateway.memory_info().rss
-    chunk = b"100000\r\n" + b"a" * 0x100000 + b"\r\n"
-    sent = 0
-    with _connect(edge) as sock:
-        sock.sendall(
-            b"POST /api/v1/audits HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n"
-        )
-        try:
-            while sent < 300:
-                sock.sendall(chunk)
-                sent += 1
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        try:
-            raw = _read_all(sock)
-        except ConnectionResetError:
-            raw = b""
-    assert sent < 300, "the gateway read 300 MiB of a body it had refused"
-    assert raw == b"" or raw.startswith(b"HTTP/1.1 413"), raw[:500]
-    assert gateway.memory_info().rss - before < RSS_BOUND_BYTES

@@ -117,12 +117,7 @@ def _framing(body: bytes | AsyncIterator[bytes], declared: bytes | None) -> RawH
 
 
 def _too_large(policy: ProxyPolicy) -> PayloadTooLarge:
-    # The rest of the body is never read: the connection ends with the answer, rather than
-    # reading and discarding whatever the client still sends.
-    return PayloadTooLarge(
-        f"The request body exceeds {policy.max_body_bytes} bytes.",
-        headers={"Connection": "close"},
-    )
+    return PayloadTooLarge(f"The request body exceeds {policy.max_body_bytes} bytes.")
 
 
 class Exchange:
