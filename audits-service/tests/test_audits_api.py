@@ -1,5 +1,6 @@
 """Every rule for single records (create, read, update, delete), at the HTTP level."""
 
+import json
 import time
 from datetime import datetime
 from uuid import UUID, uuid4
@@ -87,6 +88,8 @@ async def test_ip_addresses(client: httpx.AsyncClient, address: str, stored: str
         pytest.param(record(metadata=[1, 2]), id="metadata-not-object"),
         pytest.param(record(metadata={"blob": "x" * 16_400}), id="metadata-too-big"),
         pytest.param(record(ip_address="999.1.1.1"), id="bad-ipv4"),
+        pytest.param(record(ip_address="192.0.2.01"), id="ipv4-leading-zero"),
+        pytest.param(record(ip_address="192.0.2"), id="ipv4-three-parts"),
         pytest.param(record(ip_address="fe80::1%eth0"), id="ipv6-zone"),
         pytest.param(record(ip_address="10.0.0.0/8"), id="network-not-address"),
         pytest.param(record(actor=42), id="actor-not-string"),
@@ -117,6 +120,26 @@ async def test_metadata_limits(client: httpx.AsyncClient) -> None:
     exact = record(metadata={"b": "x" * (16 * 1024 - 8)})
     assert (await client.post(AUDITS, json=exact)).status_code == 201
     over = record(metadata={"b": "x" * (16 * 1024 - 7)})
+    assert_problem(await client.post(AUDITS, json=over), 422, "validation_error")
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        pytest.param({"f": 1e-07, "é": "ü"}, id="float-exponent"),
+        pytest.param({"i": 2**64, "i2": -(2**70)}, id="integers-beyond-64-bits"),
+        pytest.param({"q": 'a"\\\n\x01\u2028'}, id="escapes"),
+    ],
+)
+async def test_metadata_size_is_counted_as_compact_json(
+    client: httpx.AsyncClient, framing: dict[str, object]
+) -> None:
+    """The limit counts `json.dumps(…, ensure_ascii=False, separators=(",", ":"))` bytes."""
+    framed = {**framing, "b": ""}
+    room = 16 * 1024 - len(json.dumps(framed, ensure_ascii=False, separators=(",", ":")).encode())
+    exact = record(metadata={**framing, "b": "x" * room})
+    assert (await client.post(AUDITS, json=exact)).status_code == 201
+    over = record(metadata={**framing, "b": "x" * (room + 1)})
     assert_problem(await client.post(AUDITS, json=over), 422, "validation_error")
 
 
