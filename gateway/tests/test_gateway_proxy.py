@@ -112,6 +112,16 @@ async def test_trusted_proxy_chain_is_extended() -> None:
     assert seen.headers["x-forwarded-host"] == "api.example"
 
 
+async def test_a_client_sent_client_id_never_reaches_an_upstream() -> None:
+    async with running_gateway() as gateway:
+        for name in ("X-Client-ID", "x-client-id", "X-CLIENT-ID"):
+            await gateway.get("/api/v1/audits", headers={name: "admin"})
+            await gateway.post("/api/v1/openai/v1/chat/completions", headers={name: "admin"})
+        seen = gateway.audits.requests + gateway.llm.requests
+        assert len(seen) == 6
+        assert all("x-client-id" not in request.headers for request in seen)
+
+
 @pytest.mark.parametrize(
     ("incoming", "kept"),
     [("req-123.abc:DEF_-", True), ("bad id\r\nX-Injected: 1", False), ("x" * 129, False)],

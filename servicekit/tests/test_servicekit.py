@@ -4,12 +4,14 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI, Request
+from loguru import logger
 from pydantic import BaseModel
 
 from servicekit import (
     ReadinessCheck,
     ServiceError,
     ServiceSettings,
+    current_client_id,
     health_router,
     install_servicekit,
 )
@@ -177,6 +179,31 @@ async def test_access_line_is_one_json_object(
         "status": 200,
         "duration_ms": None,
     }
+
+
+@pytest.mark.parametrize(("behind_gateway", "logged"), [(True, "ci-bot"), (False, None)])
+async def test_client_id_is_logged_only_from_a_service_behind_the_gateway(
+    behind_gateway: bool, logged: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = FastAPI()
+    install_servicekit(
+        app, service="kit", settings=ServiceSettings(), behind_gateway=behind_gateway
+    )
+
+    @app.get("/who")
+    async def who() -> dict[str, str | None]:
+        logger.info("inside")
+        return {"client_id": current_client_id()}
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://kit") as c:
+        answer = await c.get("/who", headers={"X-Client-ID": "ci-bot"})
+        malformed = await c.get("/who", headers={"X-Client-ID": "ci bot"})
+    assert answer.json() == {"client_id": logged}
+    assert malformed.json() == {"client_id": None}
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line.get("client_id") for line in lines] == [logged, logged, None, None]
+    assert all("client_id" in line for line in lines[:2]) is (logged is not None)
 
 
 async def test_liveness_and_readiness() -> None:

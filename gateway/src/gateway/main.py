@@ -114,5 +114,5 @@ def create_app(
         expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
         allow_credentials=False,
     )
-    install_servicekit(app, service="gateway", settings=settings)
+    install_servicekit(app, service="gateway", settings=settings, behind_gateway=False)
     return app

@@ -2,7 +2,14 @@
 
 from fastapi import FastAPI
 
-from servicekit.context import REQUEST_ID_HEADER, accept_request_id, current_request_id
+from servicekit.context import (
+    CLIENT_ID_HEADER,
+    REQUEST_ID_HEADER,
+    VALID_CLIENT_ID,
+    accept_request_id,
+    current_client_id,
+    current_request_id,
+)
 from servicekit.errors import (
     BadRequest,
     Conflict,
@@ -46,20 +53,26 @@ from servicekit.settings import ServiceSettings
 from servicekit.shutdown import install_graceful_shutdown, shutting_down
 
 
-def install_servicekit(app: FastAPI, service: str, settings: ServiceSettings) -> None:
-    """Logging, request IDs with access lines, and problem+json for every error path."""
+def install_servicekit(
+    app: FastAPI, service: str, settings: ServiceSettings, *, behind_gateway: bool = True
+) -> None:
+    """Logging, request IDs with access lines, and problem+json for every error path.
+
+    A service `behind_gateway` takes its client ID from the gateway's `X-Client-ID`."""
     configure_logging(service, settings.log_level)
     install_problem_handlers(app)
     document_unsupported_media_type(app)
     app.add_middleware(HeadAsGetMiddleware)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, trust_client_id=behind_gateway)
     tune_gc_after_startup(app)
 
 
 __all__ = [
+    "CLIENT_ID_HEADER",
     "NO_TELEMETRY",
     "PROBLEM_MEDIA_TYPE",
     "REQUEST_ID_HEADER",
+    "VALID_CLIENT_ID",
     "BadRequest",
     "Conflict",
     "DatabaseHealth",
@@ -88,6 +101,7 @@ __all__ = [
     "ValidationFailed",
     "accept_request_id",
     "configure_logging",
+    "current_client_id",
     "current_request_id",
     "document_unsupported_media_type",
     "error_response",

@@ -3,9 +3,15 @@ from contextvars import ContextVar
 from uuid import uuid4
 
 REQUEST_ID_HEADER = "X-Request-ID"
+# The API client a request is made for, set by the gateway from the caller's key; the
+# gateway strips a client-sent one, so behind it the header is the gateway's word.
+CLIENT_ID_HEADER = "X-Client-ID"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# A client ID follows the request ID's rule: safe in a header, a log line and a label.
+VALID_CLIENT_ID = _VALID_REQUEST_ID
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+client_id_var: ContextVar[str | None] = ContextVar("client_id", default=None)
 
 
 def accept_request_id(value: str | None) -> str:
@@ -17,3 +23,8 @@ def accept_request_id(value: str | None) -> str:
 
 def current_request_id() -> str | None:
     return request_id_var.get()
+
+
+def current_client_id() -> str | None:
+    """The API client of the current request; None while access control is off."""
+    return client_id_var.get()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from loguru import logger
 
-from servicekit.context import request_id_var
+from servicekit.context import client_id_var, request_id_var
 
 if TYPE_CHECKING:
     from loguru import Message, Record
@@ -45,23 +45,28 @@ def log_access(method: str, path: str, status: int, duration_ms: float) -> None:
     several times this (`make bench`, row `proxy`, CPU/request note).
     """
     if _AccessLog.enabled:
-        _write(
-            {
-                "time": datetime.now(UTC).isoformat(),
-                "level": "INFO",
-                "message": "request",
-                "service": _AccessLog.service,
-                "request_id": request_id_var.get(),
-                "method": method,
-                "path": path,
-                "status": status,
-                "duration_ms": duration_ms,
-            }
-        )
+        line = {
+            "time": datetime.now(UTC).isoformat(),
+            "level": "INFO",
+            "message": "request",
+            "service": _AccessLog.service,
+            "request_id": request_id_var.get(),
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": duration_ms,
+        }
+        if (client_id := client_id_var.get()) is not None:
+            line["client_id"] = client_id
+        _write(line)
 
 
-def _add_request_id(record: "Record") -> None:
-    record["extra"].setdefault("request_id", request_id_var.get())
+def _add_request_context(record: "Record") -> None:
+    """`request_id` on every line of a request, `client_id` too once the client is known."""
+    extra = record["extra"]
+    extra.setdefault("request_id", request_id_var.get())
+    if (client_id := client_id_var.get()) is not None:
+        extra.setdefault("client_id", client_id)
 
 
 class _InterceptHandler(logging.Handler):
@@ -81,7 +86,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     _AccessLog.service = service
     _AccessLog.enabled = logger.level(level.upper()).no <= logger.level("INFO").no
     logger.remove()
-    logger.configure(extra={"service": service}, patcher=_add_request_id)
+    logger.configure(extra={"service": service}, patcher=_add_request_context)
     # The sink builds its JSON from the record: "{message}" spares loguru formatting its
     # default human-readable line (timestamp included) on every call, only to be ignored.
     logger.add(_json_sink, level=level.upper(), format="{message}", backtrace=False, diagnose=False)

@@ -6,12 +6,29 @@ from loguru import logger
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from servicekit.context import REQUEST_ID_HEADER, accept_request_id, request_id_var
+from servicekit.context import (
+    CLIENT_ID_HEADER,
+    REQUEST_ID_HEADER,
+    VALID_CLIENT_ID,
+    accept_request_id,
+    client_id_var,
+    request_id_var,
+)
 from servicekit.errors import InternalError
 from servicekit.logs import log_access
 from servicekit.problems import error_response
 
 _REQUEST_ID_HEADER_BYTES = REQUEST_ID_HEADER.lower().encode()
+_CLIENT_ID_HEADER_BYTES = CLIENT_ID_HEADER.lower().encode()
+
+
+def forwarded_client_id(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The gateway's `X-Client-ID`, when well-formed."""
+    for name, value in headers:
+        if name == _CLIENT_ID_HEADER_BYTES:
+            client_id = value.decode("latin-1")
+            return client_id if VALID_CLIENT_ID.fullmatch(client_id) else None
+    return None
 
 
 class RequestContextMiddleware:
@@ -19,11 +36,17 @@ class RequestContextMiddleware:
 
     An exception that escapes the app becomes a bland 500 problem here, so that even
     that response carries the request ID and nothing internal leaks.
+
+    `trust_client_id`: take the client ID from `X-Client-ID` (a service behind the gateway);
+    otherwise it starts unset and the app sets it (the gateway, once it knows the key).
     """
 
-    def __init__(self, app: ASGIApp, access_log: bool = True) -> None:
+    def __init__(
+        self, app: ASGIApp, access_log: bool = True, trust_client_id: bool = False
+    ) -> None:
         self.app = app
         self.access_log = access_log
+        self.trust_client_id = trust_client_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,6 +60,9 @@ class RequestContextMiddleware:
                 break
         request_id = accept_request_id(incoming)
         token = request_id_var.set(request_id)
+        client_token = client_id_var.set(
+            forwarded_client_id(scope["headers"]) if self.trust_client_id else None
+        )
         started = time.perf_counter()
         status = 500
         response_started = False
@@ -65,6 +91,7 @@ class RequestContextMiddleware:
                     status,
                     round((time.perf_counter() - started) * 1000, 2),
                 )
+            client_id_var.reset(client_token)
             request_id_var.reset(token)
 
 

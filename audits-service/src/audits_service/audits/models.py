@@ -21,6 +21,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from audits_service.audits.constants import (
     ACTOR_MAX_LENGTH,
+    CLIENT_ID_MAX_LENGTH,
     DESCRIPTION_MAX_LENGTH,
     ENUM_COLUMN_LENGTH,
     IDEMPOTENCY_KEY_MAX_LENGTH,
@@ -103,6 +104,8 @@ class AuditRecord(Base):
     ip_address: Mapped[str | None] = mapped_column(InetText)
     user_agent: Mapped[str | None] = mapped_column(String(USER_AGENT_MAX_LENGTH))
     request_id: Mapped[str] = mapped_column(String(REQUEST_ID_MAX_LENGTH))
+    # The API client (the gateway's key id) that created the record; null without auth.
+    client_id: Mapped[str | None] = mapped_column(String(CLIENT_ID_MAX_LENGTH))
     created_at: Mapped[datetime] = _timestamp()
     updated_at: Mapped[datetime] = _timestamp()
 

@@ -24,7 +24,7 @@ from audits_service.audits.schemas import (
     AuditRecordUpdate,
 )
 from audits_service.database import SessionDep
-from servicekit import current_request_id, problem_responses
+from servicekit import current_client_id, current_request_id, problem_responses
 
 router = APIRouter(prefix="/audits", tags=["audits"])
 
@@ -82,12 +82,12 @@ async def create_audit(
     ttl: IdempotencyTtlDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> AuditRecordResponse:
-    request_id = current_request_id() or ""
+    request_id, client_id = current_request_id() or "", current_client_id()
     if idempotency_key is None:
-        record = await service.create_audit(session, body, request_id)
+        record = await service.create_audit(session, body, request_id, client_id)
     else:
         record, replayed = await service.create_audit_idempotent(
-            session, body, request_id, idempotency_key, ttl
+            session, body, request_id, client_id, idempotency_key, ttl
         )
         if replayed:
             response.headers[IDEMPOTENT_REPLAYED_HEADER] = "true"
@@ -120,11 +120,11 @@ async def create_audits(
     ttl: IdempotencyTtlDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> AuditRecordBatch:
-    request_id = current_request_id() or ""
+    request_id, client_id = current_request_id() or "", current_client_id()
     if idempotency_key is None:
-        return await service.create_audits(session, body, request_id)
+        return await service.create_audits(session, body, request_id, client_id)
     created, replayed = await service.create_audits_idempotent(
-        session, body, request_id, idempotency_key, ttl
+        session, body, request_id, client_id, idempotency_key, ttl
     )
     if replayed:
         response.headers[IDEMPOTENT_REPLAYED_HEADER] = "true"
@@ -154,14 +154,14 @@ _NDJSON_EXAMPLE = (
     '"actor":"user:alice@example.com","resource_type":"session","resource_id":"sess_9f8e7d",'
     '"description":"Interactive login with MFA","metadata":{"mfa": "totp"},'
     '"ip_address":"203.0.113.7","user_agent":"Mozilla/5.0",'
-    '"request_id":"3f1c0b9e-8f7a-4a51-9a4e-0f6f1f2b9c11",'
+    '"request_id":"3f1c0b9e-8f7a-4a51-9a4e-0f6f1f2b9c11","client_id":"ci-bot",'
     '"created_at":"2026-11-26T03:30:00.123456Z","updated_at":"2026-11-26T03:30:00.123456Z"}\n'
 )
 _CSV_EXAMPLE = (
     ",".join(export.FIELDS) + "\r\n"
     "01a215df-8c84-7376-862d-f9dc91ca4485,login,success,user:alice@example.com,session,"
     'sess_9f8e7d,"Login, with MFA","{""mfa"": ""totp""}",203.0.113.7,Mozilla/5.0,'
-    "3f1c0b9e-8f7a-4a51-9a4e-0f6f1f2b9c11,2026-11-26T03:30:00.123456Z,"
+    "3f1c0b9e-8f7a-4a51-9a4e-0f6f1f2b9c11,ci-bot,2026-11-26T03:30:00.123456Z,"
     "2026-11-26T03:30:00.123456Z\r\n"
 )
 
@@ -225,7 +225,9 @@ async def read_audit(audit_id: AuditId, session: SessionDep) -> AuditRecordRespo
 async def update_audit(
     audit_id: AuditId, body: AuditRecordUpdate, session: SessionDep
 ) -> AuditRecordResponse:
-    return await service.update_audit(session, audit_id, body, current_request_id() or "")
+    return await service.update_audit(
+        session, audit_id, body, current_request_id() or "", current_client_id()
+    )
 
 
 @router.delete(
@@ -236,4 +238,4 @@ async def update_audit(
     responses=problem_responses(404, 422, 503),
 )
 async def delete_audit(audit_id: AuditId, session: SessionDep) -> None:
-    await service.delete_audit(session, audit_id, current_request_id() or "")
+    await service.delete_audit(session, audit_id, current_request_id() or "", current_client_id())

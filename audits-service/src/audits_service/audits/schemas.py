@@ -243,6 +243,7 @@ class AuditRecordResponse(BaseModel):
                     "id": "01a215df-8c84-7376-862d-f9dc91ca4485",
                     **_EXAMPLE_CREATE,
                     "request_id": "3f1c0b9e-8f7a-4a51-9a4e-0f6f1f2b9c11",
+                    "client_id": "ci-bot",
                     "created_at": "2026-11-26T03:30:00.123456Z",
                     "updated_at": "2026-11-26T03:30:00.123456Z",
                 }
@@ -261,6 +262,10 @@ class AuditRecordResponse(BaseModel):
     ip_address: str | None
     user_agent: str | None
     request_id: str = Field(description="X-Request-ID of the request that created the record.")
+    client_id: str | None = Field(
+        description="The API client (its key's id) that created the record; null when the "
+        "gateway's access control is off. Set by the platform, never by the request body."
+    )
     created_at: UtcDatetime
     updated_at: UtcDatetime
 

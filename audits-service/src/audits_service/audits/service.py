@@ -55,8 +55,9 @@ _INSERT = insert(audit_record).returning(*_COLUMNS)
 NEWEST_FIRST = (audit_record.c.created_at.desc(), audit_record.c.id.desc())
 # Seed of `hashtextextended` for the advisory lock guarding one idempotency key.
 _IDEMPOTENCY_LOCK_SEED = 0x6175646974
-# Transaction-local setting the trail's trigger reads for the request_id of an event.
+# Transaction-local settings the trail's trigger reads for an update's or delete's event.
 _REQUEST_ID_SETTING = "audit.request_id"
+_CLIENT_ID_SETTING = "audit.client_id"
 _PURGE_BATCH = 10_000
 # What an idempotent create returns, and replays from the key's stored response.
 Created = TypeVar("Created", AuditRecordResponse, AuditRecordBatch)
@@ -68,16 +69,16 @@ def _response(row: Row[Any]) -> AuditRecordResponse:
 
 
 async def _insert_record(
-    session: AsyncSession, data: AuditRecordCreate, request_id: str
+    session: AsyncSession, data: AuditRecordCreate, request_id: str, client_id: str | None
 ) -> AuditRecordResponse:
-    values = {"id": uuid7(), "request_id": request_id, **data.model_dump()}
+    values = {"id": uuid7(), "request_id": request_id, "client_id": client_id, **data.model_dump()}
     return _response((await session.execute(_INSERT, values)).one())
 
 
 async def create_audit(
-    session: AsyncSession, data: AuditRecordCreate, request_id: str
+    session: AsyncSession, data: AuditRecordCreate, request_id: str, client_id: str | None
 ) -> AuditRecordResponse:
-    record = await _insert_record(session, data, request_id)
+    record = await _insert_record(session, data, request_id, client_id)
     await session.commit()
     return record
 
@@ -93,11 +94,12 @@ async def create_audit_idempotent(
     session: AsyncSession,
     data: AuditRecordCreate,
     request_id: str,
+    client_id: str | None,
     key: str,
     ttl: timedelta,
 ) -> tuple[AuditRecordResponse, bool]:
     """Create once per key; a repeat gets the first response back. Returns (record, replayed)."""
-    create = partial(_insert_record, session, data, request_id)
+    create = partial(_insert_record, session, data, request_id, client_id)
     return await _create_once(session, data, key, ttl, create, AuditRecordResponse)
 
 
@@ -212,21 +214,28 @@ async def list_audits(session: AsyncSession, params: AuditListParams) -> AuditRe
     )
 
 
-def _for_request(request_id: str) -> ColumnElement[bool]:
+def _for_request(request_id: str, client_id: str | None) -> ColumnElement[bool]:
     """A condition that is always true and, as it is evaluated, tells the trail's trigger
-    which request changes the row: the event gets its request_id in the same round trip."""
-    return func.set_config(_REQUEST_ID_SETTING, request_id, True).is_not(None)
+    which request (and client) changes the row: the event gets them in the same round trip."""
+    return func.concat(
+        func.set_config(_REQUEST_ID_SETTING, request_id, True),
+        func.set_config(_CLIENT_ID_SETTING, client_id or "", True),
+    ).is_not(None)
 
 
 async def update_audit(
-    session: AsyncSession, audit_id: UUID, data: AuditRecordUpdate, request_id: str
+    session: AsyncSession,
+    audit_id: UUID,
+    data: AuditRecordUpdate,
+    request_id: str,
+    client_id: str | None,
 ) -> AuditRecordResponse:
     c = audit_record.c
     # Strictly later than before even if the clock steps back or two updates share a tick.
     updated_at = func.greatest(func.now(), c.updated_at + timedelta(microseconds=1))
     statement = (
         update(audit_record)
-        .where(c.id == audit_id, _for_request(request_id))
+        .where(c.id == audit_id, _for_request(request_id, client_id))
         .values(**data.model_dump(exclude_unset=True), updated_at=updated_at)
         .returning(*_COLUMNS)
     )
@@ -237,8 +246,12 @@ async def update_audit(
     return _response(row)
 
 
-async def delete_audit(session: AsyncSession, audit_id: UUID, request_id: str) -> None:
-    statement = delete(audit_record).where(audit_record.c.id == audit_id, _for_request(request_id))
+async def delete_audit(
+    session: AsyncSession, audit_id: UUID, request_id: str, client_id: str | None
+) -> None:
+    statement = delete(audit_record).where(
+        audit_record.c.id == audit_id, _for_request(request_id, client_id)
+    )
     deleted = (await session.execute(statement.returning(audit_record.c.id))).scalar_one_or_none()
     if deleted is None:
         raise AuditNotFound(f"No audit record with id {audit_id}.")
@@ -271,7 +284,7 @@ async def purge_expired_keys(engine: AsyncEngine) -> int:
 # cast to the column's type. PostgreSQL parses and plans it once per connection (a multi-row
 # VALUES list would be a new statement of 11 parameters per row for every batch size), and
 # the driver sends eleven arrays instead of binding thousands of parameters one by one.
-_BATCH_COLUMNS = ("id", "request_id", *AuditRecordCreate.model_fields)
+_BATCH_COLUMNS = ("id", "request_id", "client_id", *AuditRecordCreate.model_fields)
 _BATCH_ROWS = (
     func.unnest(*(cast(bindparam(name, type_=ARRAY(Text)), ARRAY(Text)) for name in _BATCH_COLUMNS))
     .table_valued(*_BATCH_COLUMNS)
@@ -297,7 +310,7 @@ def _as_text(value: object) -> str | None:
 
 
 async def _insert_batch(
-    session: AsyncSession, batch: AuditBatchCreate, request_id: str
+    session: AsyncSession, batch: AuditBatchCreate, request_id: str, client_id: str | None
 ) -> AuditRecordBatch:
     # Ascending ids, so the newest-first listing (id breaks the tie of a shared created_at)
     # shows a batch as if its records had been posted one by one, and sorting the returned
@@ -305,7 +318,12 @@ async def _insert_batch(
     ids = sorted(uuid7() for _ in batch.records)
     columns: dict[str, list[str | None]] = {name: [] for name in _BATCH_COLUMNS}
     for audit_id, record in zip(ids, batch.records, strict=True):
-        values = {"id": audit_id, "request_id": request_id, **record.model_dump()}
+        values = {
+            "id": audit_id,
+            "request_id": request_id,
+            "client_id": client_id,
+            **record.model_dump(),
+        }
         for name, value in values.items():
             columns[name].append(_as_text(value))
     rows = sorted((await session.execute(_INSERT_MANY, columns)).all(), key=lambda row: row.id)
@@ -314,11 +332,11 @@ async def _insert_batch(
 
 
 async def create_audits(
-    session: AsyncSession, batch: AuditBatchCreate, request_id: str
+    session: AsyncSession, batch: AuditBatchCreate, request_id: str, client_id: str | None
 ) -> AuditRecordBatch:
     """Store every record of `batch` or none, in one transaction."""
     await session.connection(execution_options={"isolation_level": "READ COMMITTED"})
-    created = await _insert_batch(session, batch, request_id)
+    created = await _insert_batch(session, batch, request_id, client_id)
     await session.commit()
     return created
 
@@ -327,9 +345,10 @@ async def create_audits_idempotent(
     session: AsyncSession,
     batch: AuditBatchCreate,
     request_id: str,
+    client_id: str | None,
     key: str,
     ttl: timedelta,
 ) -> tuple[AuditRecordBatch, bool]:
     """`create_audits` once per key, as `create_audit_idempotent`."""
-    create = partial(_insert_batch, session, batch, request_id)
+    create = partial(_insert_batch, session, batch, request_id, client_id)
     return await _create_once(session, batch, key, ttl, create, AuditRecordBatch)

@@ -10,7 +10,7 @@ from sqlalchemy import BigInteger, CheckConstraint, DateTime, Identity, Index, S
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from audits_service.audits.constants import REQUEST_ID_MAX_LENGTH
+from audits_service.audits.constants import CLIENT_ID_MAX_LENGTH, REQUEST_ID_MAX_LENGTH
 from audits_service.database import Base
 
 
@@ -22,7 +22,7 @@ class AuditEvent(Base):
     op: Mapped[str] = mapped_column(String(16))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_MAX_LENGTH))
-    client_id: Mapped[str | None] = mapped_column(String(128))
+    client_id: Mapped[str | None] = mapped_column(String(CLIENT_ID_MAX_LENGTH))
     # The record after the change; the removed record for delete and purge.
     state: Mapped[dict[str, Any]] = mapped_column(JSONB)
 

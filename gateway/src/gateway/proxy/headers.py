@@ -6,11 +6,12 @@ from ipaddress import ip_address
 from starlette.types import Scope
 
 from gateway.config import IPNetwork
-from servicekit import REQUEST_ID_HEADER, current_request_id
+from servicekit import CLIENT_ID_HEADER, REQUEST_ID_HEADER, current_client_id, current_request_id
 
 RawHeaders = list[tuple[bytes, bytes]]
 
 _REQUEST_ID = REQUEST_ID_HEADER.lower().encode()
+_CLIENT_ID = CLIENT_ID_HEADER.lower().encode()
 # RFC 9110 §7.6.1 plus the de-facto Proxy-* family. Host, the framing and the forwarding
 # headers are set by the gateway itself, after the client's are filtered, so a `Connection`
 # token can never remove them; Expect was already answered by the gateway's own server.
@@ -28,7 +29,18 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
-_REQUEST_DROP = _HOP_BY_HOP | _FORWARDING | {b"host", b"content-length", b"expect", _REQUEST_ID}
+# A client's own `X-Client-ID` never crosses: behind the gateway it names the key's owner.
+_REQUEST_DROP = (
+    _HOP_BY_HOP
+    | _FORWARDING
+    | {
+        b"host",
+        b"content-length",
+        b"expect",
+        _REQUEST_ID,
+        _CLIENT_ID,
+    }
+)
 # The gateway's server writes its own; two of each would be invalid.
 _RESPONSE_DROP = _HOP_BY_HOP | {b"date", b"server"}
 # The request headers the proxy decides on.
@@ -114,7 +126,8 @@ class RequestHeaders:
         return client_ip(self.peer, chain, self._trusted)
 
     def upstream_headers(self) -> RawHeaders:
-        """End-to-end headers plus the gateway's forwarding headers and request ID."""
+        """End-to-end headers plus the gateway's forwarding headers, request ID and, once a
+        key identified the caller, client ID."""
         headers = _end_to_end(self._incoming, _REQUEST_DROP)
         trusted = self.from_trusted_proxy
         forwarded_for = self.peer.encode() if self.peer else b"unknown"
@@ -132,4 +145,6 @@ class RequestHeaders:
         ]
         if host:
             headers.append((b"x-forwarded-host", host))
+        if (client_id := current_client_id()) is not None:
+            headers.append((_CLIENT_ID, client_id.encode()))
         return headers
