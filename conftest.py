@@ -1,5 +1,6 @@
 """Fixtures every test suite shares: one embedded PostgreSQL server per test session."""
 
+import os
 from collections.abc import Iterator
 from itertools import count
 
@@ -8,6 +9,10 @@ import pytest
 from devstack.postgres import EmbeddedPostgres
 
 _database_numbers = count()
+
+# Every gateway a test starts (in process or as a child process) serves its metrics on a
+# free port unless the test picks one: many run at once, and 9100 may be taken.
+os.environ.setdefault("METRICS_PORT", "0")
 
 
 @pytest.fixture(scope="session")

@@ -142,7 +142,9 @@ class Stack:
         if key in self._services:
             return self._services[key]
         with self.log(key) as log:
-            service = ServiceProcess(name, {"LOG_LEVEL": "INFO", **env}, log=log)
+            # A gateway's metrics listener on a free port: several run at once.
+            settings = {"LOG_LEVEL": "INFO", "METRICS_PORT": "0", **env}
+            service = ServiceProcess(name, settings, log=log)
             try:
                 service.start(timeout=60)
             except (RuntimeError, TimeoutError) as error:

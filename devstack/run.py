@@ -104,7 +104,12 @@ def main() -> int:
         llm = ServiceProcess("llm", {}, settings.llm_port)
         gateway = ServiceProcess(
             "gateway",
-            {"AUDITS_SERVICE_URL": audits.url, "LLM_SERVICE_URL": llm.url},
+            # Like the services' own ports, the gateway's metrics stay on this machine.
+            {
+                "AUDITS_SERVICE_URL": audits.url,
+                "LLM_SERVICE_URL": llm.url,
+                "METRICS_HOST": "127.0.0.1",
+            },
             settings.gateway_port,
         )
         # llm and the gateway need no database: they start while it starts and migrates.

@@ -1,6 +1,7 @@
 """Engine, sessions and the mapping of database failures to `503 database_unavailable`."""
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Final
 
@@ -22,6 +23,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 from sqlalchemy.util import await_only
 
 from audits_service.config import Settings
+from audits_service.metrics import POOL_IN_USE, POOL_LIMIT, POOL_TIMEOUTS, POOL_WAIT
 from servicekit import ServiceError
 
 NAMING_CONVENTION: Final = {
@@ -90,28 +92,36 @@ class FairQueuePool(AsyncAdaptedQueuePool):
     def __init__(self, creator: Any, pool_size: int = 5, max_overflow: int = 10, **kw: Any) -> None:
         super().__init__(creator, pool_size=pool_size, max_overflow=max_overflow, **kw)
         self._admission = asyncio.Semaphore(pool_size + max_overflow)
+        POOL_LIMIT.set(pool_size + max_overflow)
 
     async def _admit(self) -> None:
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
                 await self._admission.acquire()
         except TimeoutError:
+            POOL_TIMEOUTS.inc()
             raise PoolTimeoutError(
                 f"No connection became free within {self._timeout:g} s"
             ) from None
+        finally:
+            POOL_WAIT.observe(time.perf_counter() - started)
 
     def _do_get(self) -> ConnectionPoolEntry:
         await_only(self._admit())
         try:
-            return super()._do_get()
+            entry = super()._do_get()
         except BaseException:
             self._admission.release()
             raise
+        POOL_IN_USE.inc()
+        return entry
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         try:
             super()._do_return_conn(record)
         finally:
+            POOL_IN_USE.dec()
             self._admission.release()
 
 

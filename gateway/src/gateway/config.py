@@ -44,6 +44,13 @@ class Settings(ServiceSettings):
         "(a private CA); unset: the system's CAs.",
     )
 
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve `/metrics` on the public listener instead of on `METRICS_PORT`.",
+    )
+    metrics_host: str = Field(default="0.0.0.0", description="Address of the metrics listener.")
+    metrics_port: int = Field(default=9100, ge=0, le=65535, description="0: any free port.")
+
     @field_validator("audits_service_url", "llm_service_url")
     @classmethod
     def _http_or_https(cls, value: str) -> str:

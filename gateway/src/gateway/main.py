@@ -1,5 +1,5 @@
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from functools import partial
 from typing import TypedDict
 
@@ -11,6 +11,7 @@ from gateway import __version__
 from gateway.config import Settings
 from gateway.edge import EdgeGuardMiddleware
 from gateway.health import router as health_router
+from gateway.metrics import metrics_listener
 from gateway.openapi import DOCS_ASSETS_URL, OpenAPICache, docs_assets, docs_router
 from gateway.proxy import ProxyMiddleware
 from gateway.ratelimit import MemoryRateLimiter, NoRateLimit, RateLimiter, RedisRateLimiter
@@ -25,6 +26,7 @@ from servicekit import (
     install_servicekit,
     operation_id,
 )
+from servicekit.metrics import named_route
 
 TITLE = "Audits Platform API"
 
@@ -46,6 +48,12 @@ def _rate_limiter(settings: Settings) -> RateLimiter:
     return MemoryRateLimiter(settings.rate_limit_llm_per_minute)
 
 
+def _metrics_listener(settings: Settings) -> AbstractContextManager[None]:
+    if settings.metrics_enabled and not settings.metrics_public:
+        return metrics_listener(settings.metrics_host, settings.metrics_port)
+    return nullcontext()
+
+
 @asynccontextmanager
 async def lifespan(
     app: FastAPI,
@@ -61,12 +69,13 @@ async def lifespan(
         rate_limit=type(limiter).__name__,
     )
     try:
-        yield {
-            "settings": settings,
-            "upstreams": upstreams,
-            "limiter": limiter,
-            "openapi": OpenAPICache(app.openapi, upstreams),
-        }
+        with _metrics_listener(settings):
+            yield {
+                "settings": settings,
+                "upstreams": upstreams,
+                "limiter": limiter,
+                "openapi": OpenAPICache(app.openapi, upstreams),
+            }
     finally:
         await limiter.aclose()
         for upstream in upstreams.values():
@@ -93,7 +102,11 @@ def create_app(
     app.include_router(root_router)
     app.include_router(health_router)
     app.include_router(docs_router(TITLE))
-    app.mount(DOCS_ASSETS_URL, docs_assets(), name="docs-assets")
+    app.mount(
+        DOCS_ASSETS_URL,
+        named_route(docs_assets(), f"{DOCS_ASSETS_URL}/{{path}}"),
+        name="docs-assets",
+    )
     # Added innermost first: request context → CORS → edge checks → proxy → FastAPI routes.
     app.add_middleware(
         ProxyMiddleware,
@@ -114,5 +127,11 @@ def create_app(
         expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
         allow_credentials=False,
     )
-    install_servicekit(app, service="gateway", settings=settings, behind_gateway=False)
+    install_servicekit(
+        app,
+        service="gateway",
+        settings=settings,
+        behind_gateway=False,
+        metrics_route=settings.metrics_public,
+    )
     return app

@@ -9,6 +9,7 @@ import httpx
 from loguru import logger
 
 from gateway.config import Settings
+from gateway.metrics import UpstreamMetrics
 from gateway.transport import ConnectionPool, Connector, HttpxTransport, Origin, default_port
 from servicekit import ServiceError, UpstreamTimeout, UpstreamUnavailable
 
@@ -31,6 +32,9 @@ class Upstream:
     host: bytes
     # Per-phase timeouts (httpx's names): each phase bounded by the upstream timeout.
     timeouts: Mapping[str, float]
+    # What the request metrics call every path under the prefix.
+    route_template: str
+    metrics: UpstreamMetrics | None
 
     def matches(self, path: str) -> bool:
         return path == self.prefix or path.startswith(self.prefix + "/")
@@ -101,5 +105,7 @@ def build_upstreams(
             origin=(base_url.host, base_url.port or default_port(base_url.scheme)),
             host=base_url.netloc,
             timeouts=dict.fromkeys(("connect", "read", "write", "pool"), timeout),
+            route_template=f"{API_PREFIX}/{segment}/{{path}}",
+            metrics=UpstreamMetrics(name) if settings.metrics_enabled else None,
         )
     return upstreams

@@ -38,6 +38,7 @@ from servicekit.health import (
     health_router,
 )
 from servicekit.logs import configure_logging
+from servicekit.metrics import ROUTE_TEMPLATE, RequestMetrics, metrics_router
 from servicekit.middleware import HeadAsGetMiddleware, RequestContextMiddleware
 from servicekit.problems import (
     PROBLEM_MEDIA_TYPE,
@@ -54,16 +55,26 @@ from servicekit.shutdown import install_graceful_shutdown, shutting_down
 
 
 def install_servicekit(
-    app: FastAPI, service: str, settings: ServiceSettings, *, behind_gateway: bool = True
+    app: FastAPI,
+    service: str,
+    settings: ServiceSettings,
+    *,
+    behind_gateway: bool = True,
+    metrics_route: bool = True,
 ) -> None:
-    """Logging, request IDs with access lines, and problem+json for every error path.
+    """Logging, request IDs with access lines, request metrics (on `/metrics` unless
+    `metrics_route` is false: the gateway serves them on a port of their own), and
+    problem+json for every error path.
 
     A service `behind_gateway` takes its client ID from the gateway's `X-Client-ID`."""
     configure_logging(service, settings.log_level)
     install_problem_handlers(app)
     document_unsupported_media_type(app)
+    metrics = RequestMetrics(app) if settings.metrics_enabled else None
+    if metrics is not None and metrics_route:
+        app.include_router(metrics_router())
     app.add_middleware(HeadAsGetMiddleware)
-    app.add_middleware(RequestContextMiddleware, trust_client_id=behind_gateway)
+    app.add_middleware(RequestContextMiddleware, trust_client_id=behind_gateway, metrics=metrics)
     tune_gc_after_startup(app)
 
 
@@ -72,6 +83,7 @@ __all__ = [
     "NO_TELEMETRY",
     "PROBLEM_MEDIA_TYPE",
     "REQUEST_ID_HEADER",
+    "ROUTE_TEMPLATE",
     "VALID_CLIENT_ID",
     "BadRequest",
     "Conflict",
@@ -89,6 +101,7 @@ __all__ = [
     "ReadyProbe",
     "RequestContextMiddleware",
     "RequestHeadersTooLarge",
+    "RequestMetrics",
     "RequestTimeout",
     "ServiceError",
     "ServiceSettings",
@@ -109,6 +122,7 @@ __all__ = [
     "install_graceful_shutdown",
     "install_problem_handlers",
     "install_servicekit",
+    "metrics_router",
     "operation_id",
     "problem_response",
     "problem_responses",

@@ -16,6 +16,7 @@ from servicekit.context import (
 )
 from servicekit.errors import InternalError
 from servicekit.logs import log_access
+from servicekit.metrics import ROUTE_TEMPLATE, RequestMetrics
 from servicekit.problems import error_response
 
 _REQUEST_ID_HEADER_BYTES = REQUEST_ID_HEADER.lower().encode()
@@ -32,7 +33,8 @@ def forwarded_client_id(headers: list[tuple[bytes, bytes]]) -> str | None:
 
 
 class RequestContextMiddleware:
-    """Assigns the request ID, echoes it on every response and logs the request once.
+    """Assigns the request ID, echoes it on every response, logs the request once and
+    records it in `metrics`.
 
     An exception that escapes the app becomes a bland 500 problem here, so that even
     that response carries the request ID and nothing internal leaks.
@@ -42,11 +44,16 @@ class RequestContextMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, access_log: bool = True, trust_client_id: bool = False
+        self,
+        app: ASGIApp,
+        access_log: bool = True,
+        trust_client_id: bool = False,
+        metrics: RequestMetrics | None = None,
     ) -> None:
         self.app = app
         self.access_log = access_log
         self.trust_client_id = trust_client_id
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,13 +91,11 @@ class RequestContextMiddleware:
             response = error_response(InternalError("An unexpected error occurred."), scope["path"])
             await response(scope, receive, send_with_request_id)
         finally:
+            elapsed = time.perf_counter() - started
+            if self.metrics is not None:
+                self.metrics.observe(scope, status, elapsed)
             if self.access_log:
-                log_access(
-                    scope["method"],
-                    scope["path"],
-                    status,
-                    round((time.perf_counter() - started) * 1000, 2),
-                )
+                log_access(scope["method"], scope["path"], status, round(elapsed * 1000, 2))
             client_id_var.reset(client_token)
             request_id_var.reset(token)
 
@@ -116,4 +121,9 @@ class HeadAsGetMiddleware:
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        await self.app({**scope, "method": "GET"}, receive, send_without_body)
+        as_get = {**scope, "method": "GET"}
+        await self.app(as_get, receive, send_without_body)
+        # The route that answered, for the request's metrics.
+        for key in ("route", ROUTE_TEMPLATE):
+            if key in as_get:
+                scope[key] = as_get[key]

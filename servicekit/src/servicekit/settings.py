@@ -11,3 +11,6 @@ class ServiceSettings(BaseSettings):
     # Seconds a service keeps serving after SIGTERM while readiness reports 503, so a load
     # balancer stops routing to it first. 0 locally; Kubernetes sets it (e.g. 5).
     shutdown_drain_seconds: float = Field(default=0.0, ge=0)
+    metrics_enabled: bool = Field(
+        default=True, description="Record request metrics and serve them on `/metrics`."
+    )

@@ -6,6 +6,7 @@ it starts, all that is left is to cut the response short.
 """
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -167,24 +168,41 @@ class Exchange:
         limiter: RateLimiter = self.scope["state"]["limiter"]
         decision = await limiter.hit(f"{self.upstream.name}:{self.headers.client_ip()}")
         if not decision.allowed:
+            if self.upstream.metrics is not None:
+                self.upstream.metrics.rate_limited()
             raise RateLimited(
                 f"More than {decision.limit} requests per minute to {self.upstream.prefix}.",
                 headers={"Retry-After": str(decision.retry_after)},
             )
 
     async def open(self, request: _Outgoing) -> UpstreamResponse:
-        """The upstream's response head; a connection error is retried once where the
-        method is idempotent, the upstream allows it and the body is still in hand."""
+        """The upstream's response head, recorded in the upstream's metrics."""
+        metrics = self.upstream.metrics
+        started = time.perf_counter()
         try:
-            try:
-                return await self._exchange(request)
-            except _RETRYABLE:
-                if not self._may_retry(request):
-                    raise
-                logger.info("retrying after a connection error", upstream=self.upstream.name)
-            return await self._exchange(request)
+            response = await self._open(request)
         except httpx.TransportError as exc:
+            if metrics is not None:
+                metrics.failure(
+                    isinstance(exc, httpx.TimeoutException), time.perf_counter() - started
+                )
             raise self.upstream.problem(exc) from exc
+        if metrics is not None:
+            metrics.response(response.status, time.perf_counter() - started)
+        return response
+
+    async def _open(self, request: _Outgoing) -> UpstreamResponse:
+        """A connection error is retried once where the method is idempotent, the upstream
+        allows it and the body is still in hand."""
+        try:
+            return await self._exchange(request)
+        except _RETRYABLE:
+            if not self._may_retry(request):
+                raise
+            logger.info("retrying after a connection error", upstream=self.upstream.name)
+            if self.upstream.metrics is not None:
+                self.upstream.metrics.retry()
+        return await self._exchange(request)
 
     def _may_retry(self, request: _Outgoing) -> bool:
         return (

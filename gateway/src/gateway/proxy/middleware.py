@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.config import IPNetwork
 from gateway.proxy.exchange import Exchange, ProxyPolicy
 from gateway.upstreams import Upstream
+from servicekit import ROUTE_TEMPLATE
 
 
 class ProxyMiddleware:
@@ -34,6 +35,7 @@ class ProxyMiddleware:
             path: str = scope["path"]
             for upstream in upstreams.values():
                 if upstream.matches(path):
+                    scope[ROUTE_TEMPLATE] = upstream.route_template
                     await Exchange(upstream, self.policy, scope, receive, send).run()
                     return
         await self.app(scope, receive, send)

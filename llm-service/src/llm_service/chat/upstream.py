@@ -27,6 +27,14 @@ from llm_service.chat.exceptions import (
 )
 from llm_service.chat.retry import UPSTREAM_FAILURES, retry_after, retry_policy
 from llm_service.config import Settings
+from llm_service.metrics import (
+    ATTEMPTS,
+    CALL_DURATION,
+    CALLS,
+    RETRIES,
+    TIME_TO_FIRST_CHUNK,
+    TOKENS,
+)
 from servicekit import ServiceError
 
 _SECRET_LIKE = re.compile(r"\b(?:sk|sess)-[A-Za-z0-9_\-*.]{8,}")
@@ -54,9 +62,12 @@ async def check_key(client: AsyncOpenAI, settings: Settings) -> KeyStatus:
     return KeyStatus.VALID
 
 
+_TOKEN_KINDS = (("prompt", "prompt_tokens"), ("completion", "completion_tokens"))
+
+
 @dataclass(slots=True)
 class UpstreamCall:
-    """One upstream call (all its attempts), reported as one log line."""
+    """One upstream call (all its attempts), reported as one log line and in the metrics."""
 
     route: str
     model: str
@@ -64,20 +75,38 @@ class UpstreamCall:
     attempts: int = 0
     started: float = field(default_factory=time.perf_counter)
 
+    def attempted(self, status: int | str) -> None:
+        """An attempt ended with the upstream's status (or `timeout`, `connection_error`)."""
+        ATTEMPTS.labels(self.route, self.model, str(status)).inc()
+
+    def first_chunk(self) -> None:
+        TIME_TO_FIRST_CHUNK.labels(self.route, self.model).observe(
+            time.perf_counter() - self.started
+        )
+
     def log(self, outcome: str, usage: Mapping[str, Any] | None = None) -> None:
         usage = usage or {}
+        elapsed = time.perf_counter() - self.started
         logger.info(
             "upstream call",
             route=self.route,
             model=self.model,
             stream=self.stream,
             attempts=self.attempts,
-            latency_ms=round((time.perf_counter() - self.started) * 1000, 2),
+            latency_ms=round(elapsed * 1000, 2),
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
             total_tokens=usage.get("total_tokens"),
             outcome=outcome,
         )
+        CALLS.labels(self.route, self.model, outcome).inc()
+        CALL_DURATION.labels(self.route, self.model).observe(elapsed)
+        if self.attempts > 1:
+            RETRIES.labels(self.route, self.model).inc(self.attempts - 1)
+        for kind, key in _TOKEN_KINDS:
+            tokens = usage.get(key)
+            if isinstance(tokens, int) and tokens > 0:
+                TOKENS.labels(self.model, kind).inc(tokens)
 
 
 class OpenStream:
@@ -168,11 +197,21 @@ class UpstreamClient:
         call.log(error.code)
         return error
 
-    async def _send(self, path: str, body: bytes | None, *, stream: bool) -> httpx2.Response:
+    async def _send(
+        self, call: UpstreamCall, path: str, body: bytes | None, *, stream: bool
+    ) -> httpx2.Response:
         """POST `body`, or GET without one."""
         method, url = ("GET" if body is None else "POST"), self._base_url + path
         request = self._http.build_request(method, url, content=body, headers=self._headers)
-        response = await self._http.send(request, stream=stream)
+        try:
+            response = await self._http.send(request, stream=stream)
+        except httpx2.TimeoutException:
+            call.attempted("timeout")
+            raise
+        except httpx2.TransportError:
+            call.attempted("connection_error")
+            raise
+        call.attempted(response.status_code)
         if response.status_code >= 400:
             try:
                 await response.aread()
@@ -186,7 +225,7 @@ class UpstreamClient:
     ) -> tuple[dict[str, Any], bytes]:
         """One attempt; a 200 must be a JSON object with a list `member` (`choices`, `data`)."""
         call.attempts += 1
-        content = (await self._send(path, body, stream=False)).content
+        content = (await self._send(call, path, body, stream=False)).content
         try:
             payload = orjson.loads(content)
         except orjson.JSONDecodeError:
@@ -198,11 +237,12 @@ class UpstreamClient:
     async def _open_attempt(self, call: UpstreamCall, body: bytes) -> OpenStream:
         """Open the stream and wait for its first bytes: until then a failure is retried."""
         call.attempts += 1
-        response = await self._send("/chat/completions", body, stream=True)
+        response = await self._send(call, "/chat/completions", body, stream=True)
         chunks = response.aiter_bytes()
         try:
             async for first in chunks:
                 if first:
+                    call.first_chunk()
                     return OpenStream(response, chunks, first)
         except BaseException:
             await response.aclose()
