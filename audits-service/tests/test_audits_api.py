@@ -263,6 +263,42 @@ async def test_body_that_is_not_json_is_a_problem(client: httpx.AsyncClient) -> 
     assert response.headers["content-type"] == "application/problem+json"
 
 
+_STRICT_HEAD = b'{"action":"read","actor":"%s","resource_type":"t"'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"action":"read","actor":"%s","actor":"someone-else","resource_type":"t"}',
+        _STRICT_HEAD + b',"metadata":{"k":1,"k":2}}',
+        _STRICT_HEAD + b',"metadata":' + b"[" * 5000 + b"]" * 5000 + b"}",
+        _STRICT_HEAD + b',"metadata":{"n":' + b"9" * 5000 + b"}}",
+    ],
+    ids=["actor-twice", "metadata-key-twice", "nesting-5000", "integer-of-5000-digits"],
+)
+async def test_json_two_parsers_could_read_differently_is_422_and_stores_nothing(
+    client: httpx.AsyncClient, body: bytes
+) -> None:
+    """A duplicate key (Python keeps the last, other parsers the first), nesting too deep
+    for the parser, an integer too long to convert: one `json_invalid` issue, never a 400 or
+    a record stored from whichever value the parser kept."""
+    actor = f"strict-{uuid4()}"
+    headers = {"Content-Type": "application/json"}
+    created = (await client.post(AUDITS, json=record())).json()
+    batch = b'{"records":[' + body % actor.encode() + b"]}"
+    for response in (
+        await client.post(AUDITS, content=body % actor.encode(), headers=headers),
+        await client.post(f"{AUDITS}/batch", content=batch, headers=headers),
+        await client.put(
+            f"{AUDITS}/{created['id']}", content=body % actor.encode(), headers=headers
+        ),
+    ):
+        problem = assert_problem(response, 422, "validation_error")
+        assert [issue["type"] for issue in problem["errors"]] == ["json_invalid"], problem
+    assert (await client.get(AUDITS, params={"actor": actor})).json()["total"] == 0
+    assert (await client.get(f"{AUDITS}/{created['id']}")).json() == created
+
+
 async def test_health_db_reports_migration_state(client: httpx.AsyncClient) -> None:
     started = time.perf_counter()
     response = await client.get("/health/db")

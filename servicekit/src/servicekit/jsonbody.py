@@ -1,10 +1,11 @@
-"""A strict reading of JSON request bodies, for routes that forward the bytes they validate.
+"""A strict reading of JSON request bodies: a body means one thing to every parser.
 
 Python's `json` keeps the last of two equal keys, while another parser (an upstream's) may keep
 the first: `{"model": "<not allowed>", "model": "gpt-4o-mini"}` would pass the allowlist here
-and reach the upstream as the model refused. So on these routes a duplicate key, like nesting
-too deep for the parser or an integer too long to convert, is a JSON decode error, which
-FastAPI answers as a 422 validation problem.
+and reach the upstream as the model refused, and a record stored from such a body keeps a value
+its sender's own tools may read differently. So on these routes (the LLM service's, the audit
+records' writes) a duplicate key, like nesting too deep for the parser or an integer too long
+to convert, is a JSON decode error, which FastAPI answers as a 422 validation problem.
 """
 
 import json

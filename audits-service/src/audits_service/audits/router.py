@@ -25,8 +25,11 @@ from audits_service.audits.schemas import (
 )
 from audits_service.database import SessionDep
 from servicekit import current_client_id, current_request_id, problem_responses
+from servicekit.jsonbody import StrictJSONRoute
 
-router = APIRouter(prefix="/audits", tags=["audits"])
+# Strict JSON: a duplicate key, nesting too deep or an over-long integer is a 422, never a
+# record stored from whichever of two values the parser happened to keep.
+router = APIRouter(prefix="/audits", tags=["audits"], route_class=StrictJSONRoute)
 
 
 class RecordIdConvertor(Convertor[str]):
