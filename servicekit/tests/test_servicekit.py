@@ -15,6 +15,7 @@ from servicekit import (
     health_router,
     install_servicekit,
 )
+from servicekit.jsonbody import strict_loads
 from testkit.checks import assert_problem
 
 
@@ -218,3 +219,25 @@ async def test_liveness_and_readiness() -> None:
         "detail": "nope",
         "code": "not_ready",
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b'{"a":{"b":1,"c":2,"b":3}}', "duplicate key 'b'"),
+        (b"[" * 5000 + b"]" * 5000, "nesting too deep"),
+        (b'{"n":' + b"9" * 5000 + b"}", "4300 digits"),
+        (b'{"a":"\xff"}', "utf-8"),
+        (b'{"a":1', "Expecting"),
+    ],
+)
+def test_strict_loads_refusals_are_json_decode_errors(text: bytes, message: str) -> None:
+    with pytest.raises(json.JSONDecodeError, match=message):
+        strict_loads(text)
+
+
+def test_strict_loads_reads_what_json_loads_reads() -> None:
+    document = {"a": [1, {"b": 2.5, "c": None}], "d": "\u00e9", "e": 10**40}
+    for encoding in ("utf-8", "utf-16", "utf-32"):
+        assert strict_loads(json.dumps(document).encode(encoding)) == document
+    assert strict_loads(json.dumps(document)) == document
