@@ -22,6 +22,8 @@ from llm_service.chat.schemas import (
     WireModel,
     WireModelList,
     WireProblem,
+    WireResponse,
+    WireResponseRequest,
 )
 from servicekit import PROBLEM_MEDIA_TYPE, ServiceError, problem_responses
 from servicekit.jsonbody import StrictJSONRoute
@@ -161,6 +163,49 @@ async def chat_completions(
     if body.stream:
         return _event_stream(await service.stream(body, raw), request, openai=True)
     return Response(await service.completion(body, raw), media_type="application/json")
+
+
+_RESPONSES_STREAM = _sse_doc(
+    "With `stream: true`: the Responses API's typed events exactly as the upstream sent "
+    "them (`event:` names the `type` of its `data`: `response.created`, "
+    "`response.output_text.delta`, `response.function_call_arguments.delta`, ..., "
+    "`response.completed` with the response's `usage`). If the upstream fails after the "
+    "stream began, the API's own `error` event ends it: `{type: error, code, message, "
+    "param, sequence_number}`, `code` one of the problem codes (`upstream_error`, "
+    "`upstream_timeout`).",
+    'event: response.created\ndata: {"type":"response.created","sequence_number":0,'
+    '"response":{"id":"resp_1","object":"response","status":"in_progress","output":[]}}\n\n'
+    'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+    '"sequence_number":4,"item_id":"msg_1","output_index":0,"content_index":0,'
+    '"delta":"Hi","logprobs":[]}\n\n',
+)
+
+
+@wire_router.post(
+    "/responses",
+    summary="OpenAI-compatible Responses API (plain and streaming)",
+    description=(
+        "OpenAI's Responses API request and response (`client.responses.create`, plain and "
+        "with `stream: true`): every field (instructions, tools, text.format, reasoning, "
+        "previous_response_id, ...) is forwarded unchanged, the response and its stream "
+        "events come back unchanged. Guards, retries and errors as on chat completions "
+        "(`max_output_tokens` above `OPENAI_MAX_TOKENS` → 422); a stream is retried only "
+        "until its first byte."
+    ),
+    response_model=None,
+    responses={
+        200: {"model": WireResponse, "content": _RESPONSES_STREAM},
+        **_wire_problems(*_UPSTREAM_STATUSES, 415),
+    },
+)
+async def responses(
+    body: WireResponseRequest, service: WireServiceDep, request: Request
+) -> Response:
+    raw = await request.body()
+    if body.stream:
+        events = await service.response_stream(body, raw)
+        return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
+    return Response(await service.response(body, raw), media_type="application/json")
 
 
 @wire_router.post(

@@ -124,14 +124,46 @@ class ChatStreamEnd(BaseModel):
 # logit_bias, user, stream_options, ...) is forwarded upstream byte for byte.
 
 
+class WireImageURL(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    url: str = Field(min_length=1, description="An https:// URL or a `data:` URL (base64).")
+    detail: str | None = None
+
+
+# The member each kind of part carries its content in: a part without it is malformed.
+_PART_CONTENT = {
+    "text": "text",
+    "input_text": "text",
+    "output_text": "text",
+    "image_url": "image_url",
+    "input_audio": "input_audio",
+    "file": "file",
+}
+
+
 class WireContentPart(BaseModel):
-    """One part of a message's content; only `text` is guarded (counted), other kinds of
-    part (`image_url`, `input_audio`, ...) are forwarded as they are."""
+    """One part of a message's content (chat's `text`, `image_url`, `input_audio`, `file`;
+    the Responses API's `input_text`, `input_image`, ...). Text is counted against the size
+    limits; a known kind of part must carry its content; other fields are forwarded."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 
     type: str
     text: str | None = None
+    image_url: WireImageURL | str | None = Field(
+        default=None,
+        description="Chat: `{url, detail?}`; the Responses API's `input_image`: the URL itself.",
+    )
+
+    @model_validator(mode="after")
+    def _has_its_content(self) -> "WireContentPart":
+        member = _PART_CONTENT.get(self.type)
+        if member is not None and getattr(self, member, None) is None:
+            raise ValueError(f"a {self.type} part needs its `{member}`")
+        if self.type == "image_url" and not isinstance(self.image_url, WireImageURL):
+            raise ValueError("an image_url part's `image_url` is an object with a `url`")
+        return self
 
 
 class WireMessage(BaseModel):
@@ -195,6 +227,125 @@ class WireChatRequest(BaseModel):
         if sum(sizes) > MAX_TOTAL_CHARS:
             raise ValueError(f"the messages hold more than {MAX_TOTAL_CHARS} characters in all")
         return self
+
+
+class WireInputItem(BaseModel):
+    """One item of a Responses API `input`: a message (`role`, `content`), a function call's
+    output, ...; only message text is guarded (counted), every field is forwarded."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: str | None = None
+    role: str | None = None
+    content: str | list[WireContentPart] | None = None
+
+    def text_size(self) -> int:
+        if isinstance(self.content, str):
+            return len(self.content)
+        return sum(len(part.text or "") for part in self.content or ())
+
+
+class WireResponseRequest(BaseModel):
+    """The Responses API's request. Only what we guard is typed; every other field
+    (`instructions`, `tools`, `text`, `reasoning`, `previous_response_id`, ...) is forwarded
+    upstream byte for byte."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {"model": "gpt-4o-mini", "input": "Say hello.", "stream": True},
+                {
+                    "model": "gpt-4o-mini",
+                    "input": [{"role": "user", "content": "What is the weather in Oslo?"}],
+                    "tools": [
+                        {
+                            "type": "function",
+                            "name": "get_weather",
+                            "parameters": {
+                                "type": "object",
+                                "properties": {"city": {"type": "string"}},
+                                "required": ["city"],
+                            },
+                        }
+                    ],
+                },
+            ]
+        },
+    )
+
+    model: str | None = Field(default=None, description="Allowlisted; `OPENAI_MODEL` if omitted.")
+    input: (
+        Annotated[str, Field(min_length=1, max_length=MAX_TOTAL_CHARS)]
+        | Annotated[list[WireInputItem], Field(min_length=1, max_length=MAX_MESSAGES)]
+    ) = Field(description="A text, or a list of input items (messages, function call outputs).")
+    max_output_tokens: PositiveInteger | None = Field(
+        default=None, description="At most `OPENAI_MAX_TOKENS`."
+    )
+    stream: bool | None = None
+    tools: list[dict[str, Any]] | None = None
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "WireResponseRequest":
+        if isinstance(self.input, str):
+            return self
+        sizes = [item.text_size() for item in self.input]
+        if max(sizes) > MAX_MESSAGE_CHARS:
+            raise ValueError(f"an input item holds more than {MAX_MESSAGE_CHARS} characters")
+        if sum(sizes) > MAX_TOTAL_CHARS:
+            raise ValueError(f"the input holds more than {MAX_TOTAL_CHARS} characters in all")
+        return self
+
+
+class WireResponse(BaseModel):
+    """The Responses API's response object, returned exactly as the upstream sent it."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b",
+                    "object": "response",
+                    "created_at": 1741476542,
+                    "status": "completed",
+                    "model": "gpt-4o-mini-2024-07-18",
+                    "output": [
+                        {
+                            "type": "message",
+                            "id": "msg_67ccd2bf17f0819081ff3bb2cf6508e60bb6a6b452d3795b",
+                            "status": "completed",
+                            "role": "assistant",
+                            "content": [
+                                {"type": "output_text", "text": "Hello!", "annotations": []}
+                            ],
+                        }
+                    ],
+                    "usage": {
+                        "input_tokens": 9,
+                        "input_tokens_details": {"cached_tokens": 0},
+                        "output_tokens": 2,
+                        "output_tokens_details": {"reasoning_tokens": 0},
+                        "total_tokens": 11,
+                    },
+                }
+            ]
+        },
+    )
+
+    id: str
+    object: Literal["response"]
+    created_at: float
+    status: str | None = None
+    model: str
+    output: list[dict[str, Any]] = Field(
+        description="Output items: `message` (its `output_text` parts), `function_call` "
+        "(`call_id`, `name`, `arguments`), `reasoning`, ..."
+    )
+    usage: dict[str, Any] | None = Field(
+        default=None, description="`input_tokens`, `output_tokens`, `total_tokens` and details."
+    )
 
 
 class WireChatCompletion(BaseModel):

@@ -45,7 +45,7 @@ class ChatService:
         failure after that is raised from the events as the client's `ServiceError`."""
         model = self._guards.model(request.model)
         call = UpstreamCall("chat", model, stream=True)
-        opened = await self._upstream.open(call, self._body(request, model))
+        opened = await self._upstream.open(call, "/chat/completions", self._body(request, model))
         return self._events(call, opened)
 
     def _body(self, request: ChatRequest, model: str) -> bytes:

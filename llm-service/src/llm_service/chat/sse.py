@@ -1,5 +1,6 @@
 """Server-sent events, both ways: reading the upstream's, writing ours."""
 
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import Any
@@ -11,6 +12,7 @@ from servicekit import ServiceError
 from servicekit.problems import problem_body
 
 DONE = b"data: [DONE]\n\n"
+_SEQUENCE_NUMBER = re.compile(rb'"sequence_number":\s*(\d+)')
 
 
 def data_event(data: Mapping[str, Any]) -> bytes:
@@ -58,9 +60,15 @@ def find_usage(tail: bytes) -> dict[str, Any] | None:
     start = tail.rfind(b"data:", 0, at)
     end = tail.find(b"\n", at)
     try:
-        usage = orjson.loads(tail[start + 5 : end if end >= 0 else None]).get("usage")
-    except (orjson.JSONDecodeError, AttributeError):
+        event = orjson.loads(tail[start + 5 : end if end >= 0 else None])
+    except orjson.JSONDecodeError:
         return None
+    if not isinstance(event, dict):
+        return None
+    # A chat chunk has its own `usage`; the Responses API's `response.completed` has its
+    # response's.
+    response = event.get("response")
+    usage = event.get("usage") or (response.get("usage") if isinstance(response, dict) else None)
     return usage if isinstance(usage, dict) else None
 
 
@@ -71,6 +79,21 @@ def error_event(error: ServiceError, instance: str, *, openai: bool) -> bytes:
         # The openai SDK raises an APIError for an event whose data has an `error` object.
         body["error"] = openai_error(body, error)
     return b"event: error\ndata: %b\n\n" % orjson.dumps(body)
+
+
+def response_error_event(error: ServiceError, sent: bytes) -> bytes:
+    """The Responses API's own `error` event for `error`, numbered after the last event in
+    `sent` (what the client received last): the SDK hands it to the client as a typed
+    `ResponseErrorEvent`."""
+    numbers = _SEQUENCE_NUMBER.findall(sent)
+    data = {
+        "type": "error",
+        "code": error.code,
+        "message": error.detail or error.title,
+        "param": None,
+        "sequence_number": int(numbers[-1]) + 1 if numbers else 0,
+    }
+    return b"event: error\ndata: %b\n\n" % orjson.dumps(data)
 
 
 async def ending_in_error_event(

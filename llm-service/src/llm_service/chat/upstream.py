@@ -62,7 +62,13 @@ async def check_key(client: AsyncOpenAI, settings: Settings) -> KeyStatus:
     return KeyStatus.VALID
 
 
-_TOKEN_KINDS = (("prompt", "prompt_tokens"), ("completion", "completion_tokens"))
+def _token_counts(usage: Mapping[str, Any]) -> dict[str, Any]:
+    """Prompt and completion tokens of a call: chat completions and embeddings name them
+    so, the Responses API input and output tokens."""
+    return {
+        "prompt": usage.get("prompt_tokens", usage.get("input_tokens")),
+        "completion": usage.get("completion_tokens", usage.get("output_tokens")),
+    }
 
 
 @dataclass(slots=True)
@@ -86,6 +92,7 @@ class UpstreamCall:
 
     def log(self, outcome: str, usage: Mapping[str, Any] | None = None) -> None:
         usage = usage or {}
+        tokens = _token_counts(usage)
         elapsed = time.perf_counter() - self.started
         logger.info(
             "upstream call",
@@ -94,8 +101,8 @@ class UpstreamCall:
             stream=self.stream,
             attempts=self.attempts,
             latency_ms=round(elapsed * 1000, 2),
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=usage.get("completion_tokens"),
+            prompt_tokens=tokens["prompt"],
+            completion_tokens=tokens["completion"],
             total_tokens=usage.get("total_tokens"),
             outcome=outcome,
         )
@@ -103,10 +110,9 @@ class UpstreamCall:
         CALL_DURATION.labels(self.route, self.model).observe(elapsed)
         if self.attempts > 1:
             RETRIES.labels(self.route, self.model).inc(self.attempts - 1)
-        for kind, key in _TOKEN_KINDS:
-            tokens = usage.get(key)
-            if isinstance(tokens, int) and tokens > 0:
-                TOKENS.labels(self.model, kind).inc(tokens)
+        for kind, count in tokens.items():
+            if isinstance(count, int) and count > 0:
+                TOKENS.labels(self.model, kind).inc(count)
 
 
 class OpenStream:
@@ -134,8 +140,8 @@ class OpenStream:
 
 
 class UpstreamClient:
-    """OpenAI's API upstream (chat completions, embeddings, models), with one retry policy
-    around every call.
+    """OpenAI's API upstream (chat completions, the Responses API, embeddings, models), with
+    one retry policy around every call.
 
     It sends our (already validated) JSON bytes through the SDK client's own pooled
     transport, with its base URL, auth and default headers, and hands back the upstream's
@@ -157,6 +163,10 @@ class UpstreamClient:
         """The chat completion, parsed and as sent; raises the client's `ServiceError`."""
         return await self._call(call, "/chat/completions", body, "choices")
 
+    async def respond(self, call: UpstreamCall, body: bytes) -> tuple[dict[str, Any], bytes]:
+        """The Responses API's response, parsed and as sent; raises the client's `ServiceError`."""
+        return await self._call(call, "/responses", body, "output")
+
     async def embed(self, call: UpstreamCall, body: bytes) -> tuple[dict[str, Any], bytes]:
         """The embeddings, parsed and as sent; raises the client's `ServiceError`."""
         return await self._call(call, "/embeddings", body, "data")
@@ -176,10 +186,11 @@ class UpstreamClient:
         entries = payload["data"]
         return [entry for entry in entries if isinstance(entry, dict) and "id" in entry]
 
-    async def open(self, call: UpstreamCall, body: bytes) -> OpenStream:
-        """The stream, retried until its first bytes arrive; raises the client's `ServiceError`."""
+    async def open(self, call: UpstreamCall, path: str, body: bytes) -> OpenStream:
+        """The stream of `path` (`/chat/completions`, `/responses`), retried until its first
+        bytes arrive; raises the client's `ServiceError`."""
         try:
-            return await self._open_once(call, body)
+            return await self._open_once(call, path, body)
         except UPSTREAM_FAILURES as exc:
             raise self.failed(call, exc) from None
 
@@ -234,10 +245,10 @@ class UpstreamClient:
             raise MalformedUpstreamResponse(f"the response has no {member}")
         return payload, content
 
-    async def _open_attempt(self, call: UpstreamCall, body: bytes) -> OpenStream:
+    async def _open_attempt(self, call: UpstreamCall, path: str, body: bytes) -> OpenStream:
         """Open the stream and wait for its first bytes: until then a failure is retried."""
         call.attempts += 1
-        response = await self._send(call, "/chat/completions", body, stream=True)
+        response = await self._send(call, path, body, stream=True)
         chunks = response.aiter_bytes()
         try:
             async for first in chunks:

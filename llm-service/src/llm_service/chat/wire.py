@@ -1,9 +1,10 @@
-"""OpenAI's wire format (chat completions, embeddings, models): the client's request bytes
-go upstream, the upstream's come back."""
+"""OpenAI's wire format (chat completions, the Responses API, embeddings, models): the
+client's request bytes go upstream, the upstream's come back."""
 
 import asyncio
 import time
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 import orjson
@@ -18,8 +19,10 @@ from llm_service.chat.schemas import (
     WireEmbeddingRequest,
     WireModel,
     WireModelList,
+    WireResponseRequest,
 )
 from llm_service.chat.upstream import OpenStream, UpstreamCall, UpstreamClient
+from servicekit import ServiceError
 
 
 class WireService:
@@ -43,8 +46,26 @@ class WireService:
         failure after that is raised from the events as the client's `ServiceError`."""
         model, body = self._body(request, raw)
         call = UpstreamCall("wire", model, stream=True)
-        opened = await self._upstream.open(call, body)
+        opened = await self._upstream.open(call, "/chat/completions", body)
         return self._events(call, opened)
+
+    async def response(self, request: WireResponseRequest, raw: bytes) -> bytes:
+        """The Responses API's response, byte for byte."""
+        model, body = self._response_body(request, raw)
+        call = UpstreamCall("responses", model, stream=False)
+        payload, content = await self._upstream.respond(call, body)
+        call.log("ok", payload.get("usage"))
+        return content
+
+    async def response_stream(
+        self, request: WireResponseRequest, raw: bytes
+    ) -> AsyncGenerator[bytes, None]:
+        """Opens the upstream's stream of Responses API events (retried until it yields) and
+        returns them unchanged; a failure after that ends them with the API's `error` event."""
+        model, body = self._response_body(request, raw)
+        call = UpstreamCall("responses", model, stream=True)
+        opened = await self._upstream.open(call, "/responses", body)
+        return self._response_events(call, opened)
 
     async def embeddings(self, request: WireEmbeddingRequest, raw: bytes) -> bytes:
         """The upstream's embeddings, byte for byte."""
@@ -91,9 +112,12 @@ class WireService:
             max_tokens=request.max_tokens, max_completion_tokens=request.max_completion_tokens
         )
         self._guards.check_n(request.n)
-        if request.model is None:
-            raw = orjson.dumps({**orjson.loads(raw), "model": model})
-        return model, raw
+        return model, _with_model(raw, model, request.model)
+
+    def _response_body(self, request: WireResponseRequest, raw: bytes) -> tuple[str, bytes]:
+        model = self._guards.model(request.model)
+        self._guards.check_max_tokens(max_output_tokens=request.max_output_tokens)
+        return model, _with_model(raw, model, request.model)
 
     async def _events(self, call: UpstreamCall, opened: OpenStream) -> AsyncGenerator[bytes, None]:
         """The upstream's chunks unchanged, cut at event boundaries so that an error event
@@ -115,3 +139,19 @@ class WireService:
             raise
         finally:
             await opened.aclose()
+
+    async def _response_events(
+        self, call: UpstreamCall, opened: OpenStream
+    ) -> AsyncGenerator[bytes, None]:
+        sent = b""
+        try:
+            async with aclosing(self._events(call, opened)) as events:
+                async for sent in events:
+                    yield sent
+        except ServiceError as error:
+            yield sse.response_error_event(error, sent)
+
+
+def _with_model(raw: bytes, model: str, requested: str | None) -> bytes:
+    """The body as the client sent it, with the default model named when it named none."""
+    return raw if requested is not None else orjson.dumps({**orjson.loads(raw), "model": model})
