@@ -58,6 +58,11 @@ def sample(schema: Any, defs: dict[str, Any] | None = None, depth: int = 0) -> A
     return {"string": "standin", "integer": 1, "number": 1.5, "boolean": True}.get(kind)
 
 
+def _count(value: Any, default: int) -> int:
+    """A count from the request (`n`, `dimensions`, a token limit): JSON may spell 2 as 2.0."""
+    return int(value) if isinstance(value, int | float) and value >= 0 else default
+
+
 def _text_of(content: Any) -> str:
     """The text of a message's (or an input item's) content: a string or a list of parts."""
     if isinstance(content, str):
@@ -97,7 +102,7 @@ def _answer(
         return _Answer(_JSON_PIECE.findall(arguments), "tool_calls", tool[0], f"call_{ident}")
     if schema is not None:
         pieces = _pieces(orjson.dumps(sample(schema)).decode())
-    cut = pieces[:limit] if isinstance(limit, int) else pieces
+    cut = pieces[: _count(limit, len(pieces))]
     return _Answer(cut, "length" if len(cut) < len(pieces) else "stop")
 
 
@@ -197,12 +202,12 @@ class _Chat:
 
     @property
     def choices(self) -> range:
-        return range(self.request.get("n") or 1)
+        return range(_count(self.request.get("n"), 1))
 
     def _logprobs(self, pieces: list[str]) -> dict[str, Any] | None:
         if not self.request.get("logprobs") or self.answer.tool:
             return None
-        return _logprobs(pieces, self.request.get("top_logprobs") or 0)
+        return _logprobs(pieces, _count(self.request.get("top_logprobs"), 0))
 
     def _tool_call(self, arguments: str, *, head: bool = True) -> dict[str, Any]:
         function = {"name": self.answer.tool, "arguments": arguments} if head else {}
@@ -272,7 +277,7 @@ def embeddings_reply(body: bytes) -> Reply:
         return error_reply(400, "You must provide a model and an input.", param="input")
     if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
         inputs = [inputs]
-    dimensions = request.get("dimensions") or EMBEDDING_DIMENSIONS
+    dimensions = _count(request.get("dimensions"), EMBEDDING_DIMENSIONS) or EMBEDDING_DIMENSIONS
     as_base64 = request.get("encoding_format") == "base64"
     data = []
     for index, text in enumerate(inputs):

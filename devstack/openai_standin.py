@@ -254,6 +254,13 @@ class OpenAIStandin:
         return error_reply(401, f"Incorrect API key provided: {presented}.", "invalid_api_key")
 
     def _answer(self, request: RecordedCall) -> Reply:
+        try:
+            return self._route(request)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+            # A body of the right JSON types in the wrong shape, as OpenAI answers it.
+            return error_reply(400, f"Invalid request body: {type(exc).__name__}.")
+
+    def _route(self, request: RecordedCall) -> Reply:
         method, path = request.method, request.path
         if method == "GET" and self.serves_models and path.startswith("/v1/models"):
             return self._models(path)

@@ -117,7 +117,7 @@ def _server_issued_values(_: HookContext, case: Case[Any], __: dict[str, Any]) -
     if isinstance(case.body, dict):
         if isinstance(case.body.get("model"), str):
             case.body["model"] = ALLOWED_MODEL
-        for field in ("max_tokens", "max_completion_tokens"):
+        for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
             value = case.body.get(field)
             if _integral(value) and value > MAX_TOKENS:
                 case.body[field] = MAX_TOKENS
