@@ -20,6 +20,7 @@ from pydantic_ai.providers.openai import OpenAIProvider
 from devstack.openai_replies import split_reply
 from devstack.openai_standin import DEFAULT_REPLY, Fault, OpenAIStandin
 from devstack.processes import ServiceProcess
+from testkit.images import png_data_url
 from tests.e2e_stack import STANDIN_API_KEY, Stack, gateway_env, llm_env, start_logged
 
 REPLY = "".join(split_reply(DEFAULT_REPLY))
@@ -116,6 +117,25 @@ def test_sdk_responses_with_a_tool(sdk: openai.OpenAI, upstream: OpenAIStandin) 
     )
     assert answered.output_text == REPLY
     assert upstream.calls[1].json()["input"][1]["call_id"] == call.call_id
+
+
+def test_sdk_sends_an_image_of_two_mebibytes(sdk: openai.OpenAI, upstream: OpenAIStandin) -> None:
+    image = png_data_url(2 * 1024 * 1024)
+    completion = sdk.chat.completions.create(
+        model="gpt-4o",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is in this image?"},
+                    {"type": "image_url", "image_url": {"url": image, "detail": "low"}},
+                ],
+            }
+        ],
+    )
+    assert completion.choices[0].message.content == REPLY
+    [call] = upstream.calls
+    assert call.json()["messages"][0]["content"][1]["image_url"]["url"] == image
 
 
 def test_sdk_models_retrieve_is_the_upstreams_entry(sdk: openai.OpenAI) -> None:

@@ -210,6 +210,37 @@ async def test_chunked_body_over_limit_is_cut_off_while_streaming() -> None:
         assert audits.requests[0].content == b"z" * 3000
 
 
+async def test_the_llm_routes_have_their_own_body_limit() -> None:
+    audits, llm = Recorder(), Recorder()
+    async with running_gateway(
+        audits, llm, max_body_bytes=10_000, llm_max_body_bytes=20_000
+    ) as gateway:
+        fits = await gateway.post("/api/v1/openai/v1/chat/completions", content=b"a" * 15_000)
+        too_big = await gateway.post("/api/v1/openai/chat", content=b"b" * 20_001)
+        streamed = await gateway.post("/api/v1/openai/chat", content=_chunks(30, 1000))
+        audit = await gateway.post("/api/v1/audits", content=b"c" * 15_000)
+    assert fits.status_code == 200
+    assert [len(request.content) for request in llm.requests] == [15_000]
+    for refused in (too_big, streamed, audit):
+        assert refused.status_code == 413
+        assert refused.json()["code"] == "payload_too_large"
+    assert too_big.json()["detail"] == "The request body exceeds 20000 bytes."
+    assert audit.json()["detail"] == "The request body exceeds 10000 bytes."
+    assert audits.requests == []
+
+
+async def test_by_default_an_llm_body_may_hold_an_image_of_several_mebibytes() -> None:
+    llm = Recorder()
+    async with running_gateway(llm=llm) as gateway:
+        response = await gateway.post(
+            "/api/v1/openai/v1/chat/completions", content=b"i" * 5_000_000
+        )
+        audit = await gateway.post("/api/v1/audits", content=b"i" * 2_000_000)
+    assert response.status_code == 200
+    assert len(llm.requests[0].content) == 5_000_000
+    assert audit.status_code == 413
+
+
 async def _chunks(count: int, size: int) -> AsyncIterator[bytes]:
     for _ in range(count):
         yield b"z" * size

@@ -42,6 +42,7 @@ DOCUMENTED_VARIABLES = {
     "AUDITS_TIMEOUT",
     "LLM_TIMEOUT",
     "MAX_BODY_BYTES",
+    "LLM_MAX_BODY_BYTES",
     "RATE_LIMIT_LLM_PER_MINUTE",
     "TRUSTED_PROXIES",
     "REDIS_URL",
@@ -200,6 +201,7 @@ def test_env_example_lists_every_documented_variable(env_example: dict[str, str 
     assert env_example["LOG_LEVEL"] == "INFO"
     assert env_example["OPENAI_MODEL"] == "gpt-4o-mini"
     assert env_example["MAX_BODY_BYTES"] == "1048576"
+    assert env_example["LLM_MAX_BODY_BYTES"] == str(20 * 1024 * 1024)
 
 
 def test_compose_interpolations_are_documented(env_example: dict[str, str | None]) -> None:

@@ -17,7 +17,15 @@ class Settings(ServiceSettings):
     audits_timeout: float = Field(default=10.0, gt=0, description="Seconds per upstream phase.")
     llm_timeout: float = Field(default=120.0, gt=0, description="Seconds per upstream phase.")
     health_check_timeout: float = Field(default=2.0, gt=0)
-    max_body_bytes: int = Field(default=1_048_576, ge=0)
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=0, description="Request body limit on every route but the LLM's."
+    )
+    llm_max_body_bytes: int = Field(
+        default=20 * 1024 * 1024,
+        ge=0,
+        description="Request body limit on the LLM routes (`/api/v1/openai…`): image inputs "
+        "travel inside the JSON as data URLs.",
+    )
     client_body_timeout: float = Field(
         default=10.0,
         gt=0,

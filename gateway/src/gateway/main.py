@@ -110,7 +110,6 @@ def create_app(
     # Added innermost first: request context → CORS → edge checks → proxy → FastAPI routes.
     app.add_middleware(
         ProxyMiddleware,
-        max_body_bytes=settings.max_body_bytes,
         body_timeout=settings.client_body_timeout,
         trusted_proxies=settings.trusted_proxies,
     )

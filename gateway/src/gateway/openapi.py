@@ -132,7 +132,8 @@ def _with_gateway_errors(item: dict[str, Any], upstream: Upstream) -> dict[str, 
         responses = operation.setdefault("responses", {})
         extra = dict(_GATEWAY_ERRORS)
         if "requestBody" in operation:
-            extra["413"] = "The request body exceeds MAX_BODY_BYTES"
+            limit = "LLM_MAX_BODY_BYTES" if upstream.name == "llm" else "MAX_BODY_BYTES"
+            extra["413"] = f"The request body exceeds {limit}"
         if upstream.rate_limited:
             extra["429"] = "Over RATE_LIMIT_LLM_PER_MINUTE for this client; see Retry-After"
         for status, description in extra.items():

@@ -26,6 +26,7 @@ class Upstream:
     # owns its retries (the LLM service retries OpenAI itself; retries have one owner).
     retry_idempotent: bool
     rate_limited: bool
+    max_body_bytes: int
     connector: Connector
     client: httpx.AsyncClient
     origin: Origin
@@ -62,6 +63,7 @@ class _Spec(NamedTuple):
     timeout: float
     retry_idempotent: bool
     rate_limited: bool
+    max_body_bytes: int
 
 
 def upstream_ssl_context(settings: Settings) -> ssl.SSLContext:
@@ -76,12 +78,13 @@ def build_upstreams(
     network in tests."""
     specs = (
         _Spec("audits", "audits", settings.audits_service_url, settings.audits_timeout,
-              retry_idempotent=True, rate_limited=False),
+              retry_idempotent=True, rate_limited=False, max_body_bytes=settings.max_body_bytes),
         _Spec("llm", "openai", settings.llm_service_url, settings.llm_timeout,
-              retry_idempotent=False, rate_limited=True),
+              retry_idempotent=False, rate_limited=True,
+              max_body_bytes=settings.llm_max_body_bytes),
     )  # fmt: skip
     upstreams = {}
-    for name, segment, url, timeout, retry, limited in specs:
+    for name, segment, url, timeout, retry, limited, max_body_bytes in specs:
         base_url = httpx.URL(url.rstrip("/"))
         connector = (connectors or {}).get(name) or ConnectionPool(
             max_connections=settings.upstream_max_connections,
@@ -95,6 +98,7 @@ def build_upstreams(
             timeout=timeout,
             retry_idempotent=retry,
             rate_limited=limited,
+            max_body_bytes=max_body_bytes,
             connector=connector,
             client=httpx.AsyncClient(
                 base_url=base_url,

@@ -29,6 +29,11 @@ class Settings(ServiceSettings):
         default=30.0, ge=0, description="Seconds all attempts and waits of one call may take."
     )
     openai_validate_on_startup: bool = False
+    llm_max_body_bytes: int = Field(
+        default=20 * 1024 * 1024,
+        ge=0,
+        description="Request body limit: image inputs travel inside the JSON as data URLs.",
+    )
 
     @field_validator("openai_api_key", mode="before")
     @classmethod

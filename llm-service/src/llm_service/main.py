@@ -24,6 +24,7 @@ from servicekit import (
     install_servicekit,
     operation_id,
 )
+from servicekit.bodylimit import BodyLimitMiddleware
 
 
 class State(TypedDict):
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=NO_TELEMETRY,
         generate_unique_id_function=operation_id,
     )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.llm_max_body_bytes)
     install_servicekit(app, service="llm", settings=settings)
     if settings.log_level.upper() != "DEBUG":
         # UpstreamCall logs each upstream call once; httpx2 would add a line per attempt.

@@ -35,7 +35,6 @@ _RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, ht
 
 @dataclass(frozen=True, slots=True)
 class ProxyPolicy:
-    max_body_bytes: int
     body_timeout: float
     trusted_proxies: tuple[IPNetwork, ...]
 
@@ -57,9 +56,10 @@ class _Body:
     deadline, so a client trickling a byte at a time cannot hold a connection here (and
     one upstream) for longer than the body timeout."""
 
-    def __init__(self, receive: Receive, policy: ProxyPolicy, expected: bool) -> None:
+    def __init__(self, receive: Receive, policy: ProxyPolicy, limit: int, expected: bool) -> None:
         self._receive = receive
         self._policy = policy
+        self._limit = limit
         self._deadline = (
             asyncio.get_running_loop().time() + policy.body_timeout if expected else None
         )
@@ -88,8 +88,8 @@ class _Body:
 
     def _count(self, chunk: bytes) -> bytes:
         self._received += len(chunk)
-        if self._received > self._policy.max_body_bytes:
-            raise _too_large(self._policy)
+        if self._received > self._limit:
+            raise _too_large(self._limit)
         return chunk
 
     async def _next(self) -> Message:
@@ -117,8 +117,8 @@ def _framing(body: bytes | AsyncIterator[bytes], declared: bytes | None) -> RawH
     return [(b"transfer-encoding", b"chunked")]
 
 
-def _too_large(policy: ProxyPolicy) -> PayloadTooLarge:
-    return PayloadTooLarge(f"The request body exceeds {policy.max_body_bytes} bytes.")
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body exceeds {limit} bytes.")
 
 
 class Exchange:
@@ -148,13 +148,12 @@ class Exchange:
         if self.upstream.rate_limited:
             await self._count_rate()
         declared = self.headers.get(b"content-length")
-        if declared is not None and (
-            not declared.isdigit() or int(declared) > self.policy.max_body_bytes
-        ):
-            raise _too_large(self.policy)
+        limit = self.upstream.max_body_bytes
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise _too_large(limit)
         chunked = self.headers.get(b"transfer-encoding") is not None
         expected = chunked or declared not in (None, b"0")
-        body = await _Body(self.receive, self.policy, expected).read()
+        body = await _Body(self.receive, self.policy, limit, expected).read()
         headers = self.headers.upstream_headers() + _framing(body, declared)
         return _Outgoing(self.scope["method"], self._target(), headers, body)
 

@@ -22,12 +22,11 @@ class ProxyMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        max_body_bytes: int,
         body_timeout: float,
         trusted_proxies: tuple[IPNetwork, ...],
     ) -> None:
         self.app = app
-        self.policy = ProxyPolicy(max_body_bytes, body_timeout, trusted_proxies)
+        self.policy = ProxyPolicy(body_timeout, trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

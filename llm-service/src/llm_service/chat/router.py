@@ -64,7 +64,8 @@ def _wire_problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 router = APIRouter(prefix="/openai", tags=["llm"], route_class=StrictJSONRoute)
 wire_router = APIRouter(prefix="/v1", route_class=_OpenAIErrorRoute)
 
-_UPSTREAM_STATUSES = (400, 422, 429, 502, 503, 504)
+# A body over LLM_MAX_BODY_BYTES is 413.
+_POST_STATUSES = (400, 413, 422, 429, 502, 503, 504)
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -127,7 +128,7 @@ _WIRE_STREAM = _sse_doc(
         "`OPENAI_RETRY_MAX_TIME`; a stream only until its first byte was sent."
     ),
     response_model=ChatResponse,
-    responses={200: {"content": _CHAT_STREAM}, **problem_responses(*_UPSTREAM_STATUSES)},
+    responses={200: {"content": _CHAT_STREAM}, **problem_responses(*_POST_STATUSES)},
 )
 async def chat(
     body: ChatRequest, service: ChatServiceDep, request: Request
@@ -153,7 +154,7 @@ async def chat(
     response_model=None,
     responses={
         200: {"model": WireChatCompletion, "content": _WIRE_STREAM},
-        **_wire_problems(*_UPSTREAM_STATUSES, 415),
+        **_wire_problems(*_POST_STATUSES, 415),
     },
 )
 async def chat_completions(
@@ -195,7 +196,7 @@ _RESPONSES_STREAM = _sse_doc(
     response_model=None,
     responses={
         200: {"model": WireResponse, "content": _RESPONSES_STREAM},
-        **_wire_problems(*_UPSTREAM_STATUSES, 415),
+        **_wire_problems(*_POST_STATUSES, 415),
     },
 )
 async def responses(
@@ -220,7 +221,7 @@ async def responses(
     response_model=None,
     responses={
         200: {"model": WireEmbeddingList},
-        **_wire_problems(*_UPSTREAM_STATUSES, 415),
+        **_wire_problems(*_POST_STATUSES, 415),
     },
 )
 async def embeddings(
