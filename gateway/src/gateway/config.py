@@ -1,9 +1,9 @@
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from servicekit import ServiceSettings
@@ -44,6 +44,15 @@ class Settings(ServiceSettings):
     rate_limit_llm_per_minute: int = Field(default=60, ge=0, description="0 disables the limit.")
     trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
     redis_url: SecretStr | None = None
+    auth_mode: Literal["none", "api_key"] = Field(
+        default="none", description="`api_key`: every proxied route needs a key from the keys file."
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="YAML or JSON file of the keys' hashes, scopes and limits."
+    )
+    auth_failures_per_minute: int = Field(
+        default=10, ge=0, description="Failed key checks per client IP before a 429; 0: no limit."
+    )
     upstream_max_connections: int = Field(default=1000, gt=0)
     upstream_max_keepalive: int = Field(default=100, ge=0)
     upstream_ca_bundle: Path | None = Field(
@@ -67,6 +76,12 @@ class Settings(ServiceSettings):
             raise ValueError(f"must be an http:// or https:// URL with a host, not {value!r}")
         return value
 
+    @model_validator(mode="after")
+    def _keys_file_with_api_keys(self) -> Self:
+        if self.auth_mode == "api_key" and self.api_keys_file is None:
+            raise ValueError("AUTH_MODE=api_key needs API_KEYS_FILE")
+        return self
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _split_networks(cls, value: object) -> object:
@@ -76,7 +91,7 @@ class Settings(ServiceSettings):
             )
         return value
 
-    @field_validator("redis_url", "upstream_ca_bundle", mode="before")
+    @field_validator("redis_url", "upstream_ca_bundle", "api_keys_file", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -1,5 +1,6 @@
+import asyncio
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext, suppress
 from functools import partial
 from typing import TypedDict
 
@@ -11,9 +12,11 @@ from gateway import __version__
 from gateway.config import Settings
 from gateway.edge import EdgeGuardMiddleware
 from gateway.health import router as health_router
+from gateway.keys import KeyStore
 from gateway.metrics import metrics_listener
 from gateway.openapi import DOCS_ASSETS_URL, OpenAPICache, docs_assets, docs_router
 from gateway.proxy import ProxyMiddleware
+from gateway.proxy.access import AccessControl, Counters
 from gateway.ratelimit import MemoryRateLimiter, NoRateLimit, RateLimiter, RedisRateLimiter
 from gateway.root import DESCRIPTION
 from gateway.root import router as root_router
@@ -35,6 +38,7 @@ class State(TypedDict):
     settings: Settings
     upstreams: dict[str, Upstream]
     limiter: RateLimiter
+    access: AccessControl | None
     openapi: OpenAPICache
 
 
@@ -54,6 +58,31 @@ def _metrics_listener(settings: Settings) -> AbstractContextManager[None]:
     return nullcontext()
 
 
+def _access_control(settings: Settings) -> AccessControl | None:
+    if settings.auth_mode == "none" or settings.api_keys_file is None:
+        return None
+    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    return AccessControl(
+        KeyStore(settings.api_keys_file), Counters(redis_url), settings.auth_failures_per_minute
+    )
+
+
+@asynccontextmanager
+async def _watching(access: AccessControl | None) -> AsyncIterator[None]:
+    """The keys file watched while the gateway runs; the counters closed after."""
+    if access is None:
+        yield
+        return
+    watcher = asyncio.create_task(access.keys.watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with suppress(asyncio.CancelledError):
+            await watcher
+        await access.counters.aclose()
+
+
 @asynccontextmanager
 async def lifespan(
     app: FastAPI,
@@ -61,21 +90,26 @@ async def lifespan(
     connectors: Mapping[str, Connector] | None,
 ) -> AsyncIterator[State]:
     install_graceful_shutdown(app, settings.shutdown_drain_seconds)
+    access = _access_control(settings)
     upstreams = build_upstreams(settings, connectors)
     limiter = _rate_limiter(settings)
     logger.info(
         "gateway started",
         upstreams={name: str(upstream.base_url) for name, upstream in upstreams.items()},
         rate_limit=type(limiter).__name__,
+        auth_mode=settings.auth_mode,
+        api_keys=len(access.keys) if access else None,
     )
     try:
         with _metrics_listener(settings):
-            yield {
-                "settings": settings,
-                "upstreams": upstreams,
-                "limiter": limiter,
-                "openapi": OpenAPICache(app.openapi, upstreams),
-            }
+            async with _watching(access):
+                yield {
+                    "settings": settings,
+                    "upstreams": upstreams,
+                    "limiter": limiter,
+                    "access": access,
+                    "openapi": OpenAPICache(app.openapi, upstreams, secured=access is not None),
+                }
     finally:
         await limiter.aclose()
         for upstream in upstreams.values():

@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from loguru import logger
 
+from gateway.proxy.access import required_scope
 from gateway.upstreams import Upstream
 from servicekit import PROBLEM_MEDIA_TYPE
 
@@ -37,6 +38,22 @@ _GATEWAY_ERRORS = {
 }
 
 
+# With access control on: a key as a bearer token (what the openai SDK sends) or in X-API-Key.
+SECURITY_SCHEMES = {
+    "ApiKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key from `python -m gateway.keys new`, as "
+        "`Authorization: Bearer <key>`. Each operation names the scope its key needs.",
+    },
+    "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+_ACCESS_ERRORS = {
+    "401": "No API key, or one that is not valid (`WWW-Authenticate: Bearer`)",
+    "403": "The API key lacks this operation's scope",
+}
+
+
 def _problem(description: str) -> dict[str, Any]:
     return {"description": description, "content": {PROBLEM_MEDIA_TYPE: {"schema": _PROBLEM_REF}}}
 
@@ -55,13 +72,14 @@ def _rewrite_refs(node: Any, renames: Mapping[str, str]) -> Any:
 
 
 def merge_documents(
-    gateway: Document, downstream: Mapping[str, tuple[Upstream, Document]]
+    gateway: Document, downstream: Mapping[str, tuple[Upstream, Document]], secured: bool = False
 ) -> Document:
     """The gateway's document plus each service's routes under its prefix.
 
     Components with the same name and content are shared; a name that two services use for
     different things is prefixed with the service's name in that service's part. Each
-    service's own health routes stay internal.
+    service's own health routes stay internal. `secured`: every proxied operation needs an
+    API key with its scope (the gateway's own routes stay public).
     """
     merged = copy.deepcopy(gateway)
     paths: dict[str, Any] = merged.setdefault("paths", {})
@@ -85,11 +103,13 @@ def merge_documents(
         for path, item in document.get("paths", {}).items():
             if path in paths or not upstream.matches(path):
                 continue
-            paths[path] = _with_gateway_errors(item, upstream)
+            paths[path] = _with_gateway_errors(item, upstream, secured)
         known = {tag["name"] for tag in tags}
         tags.extend(tag for tag in document.get("tags", []) if tag["name"] not in known)
     if not tags:
         del merged["tags"]
+    if secured:
+        components.setdefault("securitySchemes", {}).update(copy.deepcopy(SECURITY_SCHEMES))
     _drop_unused_schemas(merged)
     return merged
 
@@ -123,8 +143,9 @@ def _drop_unused_schemas(document: Document) -> None:
         del schemas[name]
 
 
-def _with_gateway_errors(item: dict[str, Any], upstream: Upstream) -> dict[str, Any]:
-    """Proxied operations can also fail at the gateway; document how."""
+def _with_gateway_errors(item: dict[str, Any], upstream: Upstream, secured: bool) -> dict[str, Any]:
+    """Proxied operations can also fail at the gateway; document how (and, `secured`, the
+    key and scope they need)."""
     item = copy.deepcopy(item)
     for method, operation in item.items():
         if method not in {"get", "put", "post", "delete", "patch", "head", "options", "trace"}:
@@ -136,6 +157,13 @@ def _with_gateway_errors(item: dict[str, Any], upstream: Upstream) -> dict[str, 
             extra["413"] = f"The request body exceeds {limit}"
         if upstream.rate_limited:
             extra["429"] = "Over RATE_LIMIT_LLM_PER_MINUTE for this client; see Retry-After"
+        if secured:
+            scope = required_scope(upstream.name, method.upper())
+            operation["security"] = [{"ApiKey": [scope.value]}, {"ApiKeyHeader": [scope.value]}]
+            extra |= _ACCESS_ERRORS
+            extra["429"] = (
+                "Over a limit of the key (see RateLimit-*) or of this client; see Retry-After"
+            )
         for status, description in extra.items():
             responses.setdefault(status, _problem(description))
     return item
@@ -150,9 +178,12 @@ class OpenAPICache:
         upstreams: Mapping[str, Upstream],
         complete_ttl: float = COMPLETE_TTL,
         incomplete_ttl: float = INCOMPLETE_TTL,
+        *,
+        secured: bool = False,
     ) -> None:
         self._gateway_document = gateway_document
         self._upstreams = upstreams
+        self._secured = secured
         self._ttl = {True: complete_ttl, False: incomplete_ttl}
         self._document: Document | None = None
         self._expires = 0.0
@@ -175,7 +206,7 @@ class OpenAPICache:
             for name, document in zip(names, fetched, strict=True)
             if document is not None
         }
-        self._document = merge_documents(self._gateway_document(), downstream)
+        self._document = merge_documents(self._gateway_document(), downstream, self._secured)
         self._expires = time.monotonic() + self._ttl[len(downstream) == len(names)]
 
     @staticmethod

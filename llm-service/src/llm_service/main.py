@@ -16,6 +16,7 @@ from llm_service.chat.service import ChatService
 from llm_service.chat.upstream import KeyStatus, UpstreamClient, check_key
 from llm_service.chat.wire import WireService
 from llm_service.config import Settings
+from llm_service.usage import UsageReportMiddleware
 from servicekit import (
     NO_TELEMETRY,
     ReadinessCheck,
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=NO_TELEMETRY,
         generate_unique_id_function=operation_id,
     )
+    app.add_middleware(UsageReportMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.llm_max_body_bytes)
     install_servicekit(app, service="llm", settings=settings)
     if settings.log_level.upper() != "DEBUG":

@@ -28,6 +28,16 @@ class BadRequest(ServiceError):
     status, code, title = 400, "bad_request", HTTPStatus(400).phrase
 
 
+class Unauthorized(ServiceError):
+    """No credentials, or credentials nobody issued; carries a `WWW-Authenticate` challenge."""
+
+    status, code, title = 401, "unauthorized", HTTPStatus(401).phrase
+
+
+class Forbidden(ServiceError):
+    status, code, title = 403, "forbidden", HTTPStatus(403).phrase
+
+
 class NotFound(ServiceError):
     status, code, title = 404, "not_found", HTTPStatus(404).phrase
 
@@ -120,6 +130,8 @@ BY_STATUS: Mapping[int, type[ServiceError]] = {
     error.status: error
     for error in (
         BadRequest,
+        Unauthorized,
+        Forbidden,
         NotFound,
         MethodNotAllowed,
         NotAcceptable,

@@ -15,7 +15,9 @@ from loguru import logger
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.config import IPNetwork
+from gateway.proxy.access import AccessControl, Grant
 from gateway.proxy.headers import RawHeaders, RequestHeaders, response_headers
+from gateway.proxy.usage import UsageTap, reported_tokens
 from gateway.ratelimit import RateLimiter
 from gateway.transport import UpstreamResponse
 from gateway.upstreams import Upstream
@@ -26,6 +28,7 @@ from servicekit import (
     ServiceError,
     error_response,
 )
+from servicekit.context import client_id_var
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # Responses up to this size are read whole before they are relayed (see `_relay_whole`).
@@ -134,6 +137,10 @@ class Exchange:
         self.receive = receive
         self.send = send
         self.headers = RequestHeaders(scope, policy.trusted_proxies)
+        # None: no access control (`AUTH_MODE=none`).
+        self.access: AccessControl | None = scope["state"]["access"]
+        self.grant: Grant | None = None
+        self.tokens: UsageTap | None = None
 
     async def run(self) -> None:
         try:
@@ -144,7 +151,9 @@ class Exchange:
             return
 
     async def admit(self) -> _Outgoing:
-        """The request as it goes upstream, once rate limit and size allow it."""
+        """The request as it goes upstream, once access control, rate limit and size allow it."""
+        if self.access is not None:
+            await self._check_access(self.access)
         if self.upstream.rate_limited:
             await self._count_rate()
         declared = self.headers.get(b"content-length")
@@ -154,8 +163,20 @@ class Exchange:
         chunked = self.headers.get(b"transfer-encoding") is not None
         expected = chunked or declared not in (None, b"0")
         body = await _Body(self.receive, self.policy, limit, expected).read()
-        headers = self.headers.upstream_headers() + _framing(body, declared)
-        return _Outgoing(self.scope["method"], self._target(), headers, body)
+        headers = self.headers.upstream_headers(
+            checked=self.grant is not None, report_usage=self.tokens is not None
+        )
+        return _Outgoing(
+            self.scope["method"], self._target(), headers + _framing(body, declared), body
+        )
+
+    async def _check_access(self, access: AccessControl) -> None:
+        self.grant = grant = await access.admit(
+            self.headers, self.upstream.name, self.scope["method"], self.scope["query_string"]
+        )
+        client_id_var.set(grant.key.id)
+        if grant.counts_tokens:
+            self.tokens = UsageTap()
 
     def _target(self) -> bytes:
         """The raw path and query, byte for byte as the client sent them."""
@@ -222,10 +243,17 @@ class Exchange:
         )
 
     async def relay(self, response: UpstreamResponse) -> None:
-        if _small_length(response.headers):
-            await self._relay_whole(response)
-        else:
-            await self._relay_streaming(response)
+        if self.tokens is not None:
+            self.tokens.spent = reported_tokens(response.headers)
+            response = self.tokens.tapped(response)
+        try:
+            if _small_length(response.headers):
+                await self._relay_whole(response)
+            else:
+                await self._relay_streaming(response)
+        finally:
+            if self.tokens is not None and self.grant is not None and self.access is not None:
+                await self.access.spend_tokens(self.grant.key, self.tokens.spent)
 
     async def _relay_whole(self, response: UpstreamResponse) -> None:
         """A small body of known length is read before the status line goes out, so an
@@ -257,13 +285,14 @@ class Exchange:
         finally:
             await response.stream.aclose()
 
-    @staticmethod
-    def _start(response: UpstreamResponse) -> Message:
-        return {
-            "type": "http.response.start",
-            "status": response.status,
-            "headers": response_headers(response.headers),
-        }
+    def _start(self, response: UpstreamResponse) -> Message:
+        headers = response_headers(response.headers)
+        if self.grant is not None and self.grant.quota is not None:
+            headers += [
+                (name.lower().encode(), value.encode())
+                for name, value in self.grant.quota.headers().items()
+            ]
+        return {"type": "http.response.start", "status": response.status, "headers": headers}
 
     async def _pump_until_disconnect(self, stream: httpx.AsyncByteStream) -> None:
         """A stream of unknown length (SSE) ends early when its client leaves, so the

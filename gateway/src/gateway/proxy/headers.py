@@ -7,11 +7,13 @@ from starlette.types import Scope
 
 from gateway.config import IPNetwork
 from servicekit import CLIENT_ID_HEADER, REQUEST_ID_HEADER, current_client_id, current_request_id
+from servicekit.usage import USAGE_REPORT_HEADER, USAGE_TOKENS_HEADER
 
 RawHeaders = list[tuple[bytes, bytes]]
 
 _REQUEST_ID = REQUEST_ID_HEADER.lower().encode()
 _CLIENT_ID = CLIENT_ID_HEADER.lower().encode()
+_USAGE_REPORT = USAGE_REPORT_HEADER.lower().encode()
 # RFC 9110 §7.6.1 plus the de-facto Proxy-* family. Host, the framing and the forwarding
 # headers are set by the gateway itself, after the client's are filtered, so a `Connection`
 # token can never remove them; Expect was already answered by the gateway's own server.
@@ -29,22 +31,19 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
-# A client's own `X-Client-ID` never crosses: behind the gateway it names the key's owner.
-_REQUEST_DROP = (
-    _HOP_BY_HOP
-    | _FORWARDING
-    | {
-        b"host",
-        b"content-length",
-        b"expect",
-        _REQUEST_ID,
-        _CLIENT_ID,
-    }
-)
-# The gateway's server writes its own; two of each would be invalid.
-_RESPONSE_DROP = _HOP_BY_HOP | {b"date", b"server"}
+# A client's own `X-Client-ID` never crosses: behind the gateway it names the key's owner;
+# nor does its own usage report request.
+_GATEWAY_SET = frozenset({b"host", b"content-length", b"expect", _REQUEST_ID, _CLIENT_ID})
+_REQUEST_DROP = _HOP_BY_HOP | _FORWARDING | _GATEWAY_SET | {_USAGE_REPORT}
+# The gateway's server writes its own; two of each would be invalid. The usage report is
+# for the gateway alone.
+_RESPONSE_DROP = _HOP_BY_HOP | {b"date", b"server", USAGE_TOKENS_HEADER.lower().encode()}
+# The credentials of access control: consumed by the gateway when it checks keys.
+_CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
 # The request headers the proxy decides on.
-_READ = _FORWARDING | {b"host", b"content-length", b"transfer-encoding"}
+_READ = _FORWARDING | _CREDENTIALS | {b"host", b"content-length", b"transfer-encoding"}
+_BEARER = b"bearer "
+_REQUEST_DROP_CHECKED = _REQUEST_DROP | _CREDENTIALS
 
 
 def is_trusted(address: str, trusted: tuple[IPNetwork, ...]) -> bool:
@@ -120,15 +119,24 @@ class RequestHeaders:
             bool(self._trusted) and self.peer is not None and is_trusted(self.peer, self._trusted)
         )
 
+    def presented_key(self) -> str | None:
+        """The API key of `Authorization: Bearer <key>`, else of `X-API-Key`."""
+        authorization: bytes | None = self.read.get(b"authorization")
+        if authorization is not None and authorization[:7].lower() == _BEARER:
+            return authorization[7:].strip().decode("latin-1")
+        api_key: bytes | None = self.read.get(b"x-api-key")
+        return api_key.strip().decode("latin-1") if api_key is not None else None
+
     def client_ip(self) -> str:
         forwarded_for = self.read.get(b"x-forwarded-for")
         chain = forwarded_for.decode("latin-1") if forwarded_for else None
         return client_ip(self.peer, chain, self._trusted)
 
-    def upstream_headers(self) -> RawHeaders:
+    def upstream_headers(self, checked: bool = False, report_usage: bool = False) -> RawHeaders:
         """End-to-end headers plus the gateway's forwarding headers, request ID and, once a
-        key identified the caller, client ID."""
-        headers = _end_to_end(self._incoming, _REQUEST_DROP)
+        key identified the caller, client ID. A key the gateway `checked` goes no further;
+        `report_usage` asks the upstream for the tokens its response uses."""
+        headers = _end_to_end(self._incoming, _REQUEST_DROP_CHECKED if checked else _REQUEST_DROP)
         trusted = self.from_trusted_proxy
         forwarded_for = self.peer.encode() if self.peer else b"unknown"
         if trusted and (chain := self.read.get(b"x-forwarded-for")):
@@ -147,4 +155,6 @@ class RequestHeaders:
             headers.append((b"x-forwarded-host", host))
         if (client_id := current_client_id()) is not None:
             headers.append((_CLIENT_ID, client_id.encode()))
+        if report_usage:
+            headers.append((_USAGE_REPORT, b"tokens"))
         return headers

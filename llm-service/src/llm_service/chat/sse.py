@@ -72,6 +72,36 @@ def find_usage(tail: bytes) -> dict[str, Any] | None:
     return usage if isinstance(usage, dict) else None
 
 
+_EVENT_BOUNDARY = re.compile(rb"(\r?\n\r?\n)")
+
+
+def _is_usage_chunk(block: bytes) -> bool:
+    """A chunk with `usage` and no choices: what `stream_options.include_usage` adds."""
+    if b'"usage":{' not in block:
+        return False
+    data = b"\n".join(
+        line[5:].lstrip(b" ") for line in block.splitlines() if line.startswith(b"data:")
+    )
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(parsed, dict) and parsed.get("choices") == [] and bool(parsed.get("usage"))
+
+
+def without_usage_chunk(events: bytes) -> bytes:
+    """Complete `events` without the usage chunk, if one is among them."""
+    if b'"usage":{' not in events:
+        return events
+    parts = _EVENT_BOUNDARY.split(events)
+    kept = [
+        block + separator
+        for block, separator in zip(parts[::2], [*parts[1::2], b""], strict=True)
+        if not _is_usage_chunk(block)
+    ]
+    return b"".join(kept)
+
+
 def error_event(error: ServiceError, instance: str, *, openai: bool) -> bytes:
     """An `error` event whose data is the problem document for `error`."""
     body = problem_body(error.status, error.code, error.title, error.detail, instance)

@@ -35,6 +35,7 @@ from llm_service.metrics import (
     TIME_TO_FIRST_CHUNK,
     TOKENS,
 )
+from llm_service.usage import record_usage
 from servicekit import ServiceError
 
 _SECRET_LIKE = re.compile(r"\b(?:sk|sess)-[A-Za-z0-9_\-*.]{8,}")
@@ -91,6 +92,8 @@ class UpstreamCall:
         )
 
     def log(self, outcome: str, usage: Mapping[str, Any] | None = None) -> None:
+        """The call's one log line; its usage also goes into the gateway's usage report."""
+        record_usage(usage)
         usage = usage or {}
         tokens = _token_counts(usage)
         elapsed = time.perf_counter() - self.started

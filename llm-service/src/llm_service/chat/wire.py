@@ -35,7 +35,7 @@ class WireService:
 
     async def completion(self, request: WireChatRequest, raw: bytes) -> bytes:
         """The upstream's chat completion, byte for byte."""
-        model, body = self._body(request, raw)
+        model, body = self._body(request, raw, stream=False)
         call = UpstreamCall("wire", model, stream=False)
         payload, content = await self._upstream.complete(call, body)
         call.log("ok", payload.get("usage"))
@@ -44,10 +44,13 @@ class WireService:
     async def stream(self, request: WireChatRequest, raw: bytes) -> AsyncGenerator[bytes, None]:
         """Opens the upstream stream (retried until it yields) and returns its events; a
         failure after that is raised from the events as the client's `ServiceError`."""
-        model, body = self._body(request, raw)
+        # Usage is always asked for, so that every stream's tokens are logged and counted; a
+        # client that did not ask for it does not get the usage chunk.
+        asked = bool((request.stream_options or {}).get("include_usage"))
+        model, body = self._body(request, raw, stream=True)
         call = UpstreamCall("wire", model, stream=True)
         opened = await self._upstream.open(call, "/chat/completions", body)
-        return self._events(call, opened)
+        return self._events(call, opened, hide_usage=not asked)
 
     async def response(self, request: WireResponseRequest, raw: bytes) -> bytes:
         """The Responses API's response, byte for byte."""
@@ -106,12 +109,18 @@ class WireService:
             if name in offered
         }
 
-    def _body(self, request: WireChatRequest, raw: bytes) -> tuple[str, bytes]:
+    def _body(self, request: WireChatRequest, raw: bytes, stream: bool) -> tuple[str, bytes]:
         model = self._guards.model(request.model)
         self._guards.check_max_tokens(
             max_tokens=request.max_tokens, max_completion_tokens=request.max_completion_tokens
         )
         self._guards.check_n(request.n)
+        options = request.stream_options or {}
+        if stream and not options.get("include_usage"):
+            body = orjson.loads(raw)
+            body["model"] = model
+            body["stream_options"] = {**options, "include_usage": True}
+            return model, orjson.dumps(body)
         return model, _with_model(raw, model, request.model)
 
     def _response_body(self, request: WireResponseRequest, raw: bytes) -> tuple[str, bytes]:
@@ -119,16 +128,18 @@ class WireService:
         self._guards.check_max_tokens(max_output_tokens=request.max_output_tokens)
         return model, _with_model(raw, model, request.model)
 
-    async def _events(self, call: UpstreamCall, opened: OpenStream) -> AsyncGenerator[bytes, None]:
-        """The upstream's chunks unchanged, cut at event boundaries so that an error event
-        after a failure never lands inside a half-sent one."""
+    async def _events(
+        self, call: UpstreamCall, opened: OpenStream, hide_usage: bool
+    ) -> AsyncGenerator[bytes, None]:
+        """The upstream's chunks unchanged (but for a usage chunk to hide), cut at event
+        boundaries so that an error event after a failure never lands inside a half-sent one."""
         buffer, previous, last = b"", b"", b""
         try:
             while chunk := await opened.read():
                 buffer += chunk
                 if cut := sse.end_of_events(buffer):
                     previous, last, buffer = last, buffer[:cut], buffer[cut:]
-                    yield last
+                    yield sse.without_usage_chunk(last) if hide_usage else last
             if buffer:
                 yield buffer
             call.log("ok", sse.find_usage(previous + last))
@@ -145,7 +156,7 @@ class WireService:
     ) -> AsyncGenerator[bytes, None]:
         sent = b""
         try:
-            async with aclosing(self._events(call, opened)) as events:
+            async with aclosing(self._events(call, opened, hide_usage=False)) as events:
                 async for sent in events:
                     yield sent
         except ServiceError as error:
