@@ -10,6 +10,7 @@ from llm_service.usage import total_tokens
 WIRE = "/api/v1/openai/v1/chat/completions"
 EMBEDDINGS = "/api/v1/openai/v1/embeddings"
 CHAT = "/api/v1/openai/chat"
+RESPONSES = "/api/v1/openai/v1/responses"
 REPORT = {"X-Usage-Report": "tokens"}
 
 
@@ -72,3 +73,17 @@ def test_total_tokens_of_every_usage_shape() -> None:
     assert total_tokens({"prompt_tokens": 5}) == 5
     assert total_tokens({"input_tokens": 2, "output_tokens": 9}) == 11
     assert total_tokens({}) == 0
+
+
+async def test_the_responses_api_reports_its_tokens_too(
+    llm: ClientFactory, upstream: OpenAIStandin
+) -> None:
+    body = {"model": "gpt-4o-mini", "input": "Say hello."}
+    async with llm() as client:
+        plain = await client.post(RESPONSES, json=body, headers=REPORT)
+        streamed = await client.post(RESPONSES, json={**body, "stream": True}, headers=REPORT)
+    usage = plain.json()["usage"]
+    assert int(plain.headers["x-usage-tokens"]) == total_tokens(usage) > 0
+    last = streamed.text.rstrip("\n").split("\n\n")[-1]
+    assert last.startswith(": usage-tokens ")
+    assert int(last.split()[-1]) > 0
