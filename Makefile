@@ -4,10 +4,10 @@ SHELL := /bin/bash
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.data/tools/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help sync run test lint fmt typecheck unit migrate bench up down
+.PHONY: help sync run test test-containers lint fmt typecheck unit migrate bench up down
 
 help:
-	@echo "make run | test | lint | fmt | migrate | bench | up | down"
+	@echo "make run | test | test-containers | lint | fmt | migrate | bench | up | down"
 
 $(CURDIR)/.data/tools/bin/uv:
 	python3 -m venv $(CURDIR)/.data/tools
@@ -37,6 +37,11 @@ unit: sync
 	$(UV) run --frozen pytest
 
 test: lint typecheck unit
+
+# The images and docker-compose.yml on a real Docker engine (installed and started if needed,
+# stopped afterwards); see tests/containers/run.sh.
+test-containers: sync
+	UV=$(UV) bash tests/containers/run.sh
 
 migrate: sync
 	$(UV) run --frozen alembic -c migrations/alembic.ini upgrade head

@@ -98,8 +98,10 @@ class OpenAIStandin:
         reply: str = DEFAULT_REPLY,
         chunk_delay: float = 0.0,
         record_limit: int = 10_000,
+        host: str = "127.0.0.1",
     ) -> None:
         self.port = port
+        self.host = host
         self.api_key = api_key
         self.models = tuple(models)
         self.pieces = split_reply(reply)
@@ -144,9 +146,9 @@ class OpenAIStandin:
     # -- running it ------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        """Listen on 127.0.0.1 in the running loop (the port is known afterwards)."""
+        """Listen on `host` (127.0.0.1) in the running loop (the port is known afterwards)."""
         self._server = await asyncio.start_server(
-            self._handle, "127.0.0.1", self.port, backlog=2048, limit=_MAX_HEAD
+            self._handle, self.host, self.port, backlog=2048, limit=_MAX_HEAD
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -359,12 +361,19 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="0.0.0.0 in a container, on the network it joins"
+    )
     parser.add_argument("--api-key", default=None, help="reject calls without this key (401)")
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between chunks")
     parser.add_argument("--reply", default=DEFAULT_REPLY)
     args = parser.parse_args()
     standin = OpenAIStandin(
-        args.port, api_key=args.api_key, reply=args.reply, chunk_delay=args.chunk_delay
+        args.port,
+        api_key=args.api_key,
+        reply=args.reply,
+        chunk_delay=args.chunk_delay,
+        host=args.host,
     )
 
     async def run() -> None:

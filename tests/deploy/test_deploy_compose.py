@@ -60,6 +60,7 @@ DEPLOYMENT_VARIABLES = {
     "AUDITS_DB_USER",
     "AUDITS_DB_PASSWORD",
     "IMAGE_TAG",
+    "GATEWAY_BIND_ADDRESS",
 }
 APP_SERVICES = {"gateway": "gateway", "audits": "audits-service", "llm": "llm-service"}
 _ASSIGNMENT = re.compile(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
@@ -116,7 +117,9 @@ def test_only_the_gateway_publishes_a_port(compose: dict[str, Any]) -> None:
     assert set(services) == {"postgres", "migrations", "audits-role", "audits", "llm", "gateway"}
     publishing = {name for name, service in services.items() if service.get("ports")}
     assert publishing == {"gateway"}
-    assert services["gateway"]["ports"] == ["${GATEWAY_PORT:-8000}:8000"]
+    assert services["gateway"]["ports"] == [
+        "${GATEWAY_BIND_ADDRESS:-0.0.0.0}:${GATEWAY_PORT:-8000}:8000"
+    ]
     for service in services.values():
         assert "network_mode" not in service
 
