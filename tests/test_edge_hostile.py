@@ -24,6 +24,12 @@ from tests.e2e_stack import Stack, gateway_env, start_logged
 
 HEADER_TIMEOUT_S = 1.0
 MAX_CONNECTIONS = 30
+KEEPALIVE_REQUESTS = 5
+KEEPALIVE_TIME_S = 2.0
+LINGERING_TIME_S = 3.0
+LINGERING_TIMEOUT_S = 1.0
+LINGERING_MAX_BYTES = 8 * 1024 * 1024
+TWO_MIB = 2 * 1024 * 1024
 PROBLEM = b"application/problem+json"
 RSS_BOUND_BYTES = 200 * 1024 * 1024
 
@@ -36,6 +42,11 @@ def edge(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
         stack.llm.url,
         CLIENT_HEADER_TIMEOUT=str(HEADER_TIMEOUT_S),
         MAX_CONNECTIONS=str(MAX_CONNECTIONS),
+        KEEPALIVE_REQUESTS=str(KEEPALIVE_REQUESTS),
+        KEEPALIVE_TIME=str(KEEPALIVE_TIME_S),
+        LINGERING_TIME=str(LINGERING_TIME_S),
+        LINGERING_TIMEOUT=str(LINGERING_TIMEOUT_S),
+        LINGERING_MAX_BYTES=str(LINGERING_MAX_BYTES),
         RATE_LIMIT_LLM_PER_MINUTE="0",
     )
     logs: Path = tmp_path_factory.mktemp("edge-logs")
@@ -64,6 +75,23 @@ def _exchange(service: ServiceProcess, data: bytes) -> bytes:
     with _connect(service) as sock:
         sock.sendall(data)
         return _read_all(sock)
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One whole response with a Content-Length, and nothing after it."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, received
+        received += chunk
+    head, body = received.split(b"\r\n\r\n", 1)
+    [length] = re.findall(rb"(?i)\r\ncontent-length: (\d+)", head)
+    while len(body) < int(length):
+        chunk = sock.recv(65536)
+        assert chunk, received
+        body += chunk
+    assert len(body) == int(length), received
+    return head + b"\r\n\r\n" + body
 
 
 def _statuses(raw: bytes) -> list[int]:
@@ -369,3 +397,155 @@ def test_json_the_guards_could_read_differently_from_the_upstream_is_422(
     assert response.headers["content-type"] == PROBLEM.decode()
     assert response.json()["code"] == "validation_error"
     assert len(standin.calls) == before
+
+
+def _open_on_the_gateway(service: ServiceProcess, sock: socket.socket) -> bool:
+    """Whether the gateway still holds the server end of `sock`."""
+    assert service.process is not None
+    peer = sock.getsockname()
+    return any(
+        conn.raddr and (conn.raddr.ip, conn.raddr.port) == peer
+        for conn in psutil.Process(service.process.pid).net_connections(kind="tcp")
+    )
+
+
+def _assert_whole_413_then_close(raw: bytes) -> None:
+    """One complete 413 problem that ends the connection, and nothing after it."""
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert _statuses(raw) == [413], raw[:2000]
+    assert b"connection: close" in head.lower(), head
+    assert PROBLEM in head
+    [length] = re.findall(rb"content-length: (\d+)", head)
+    assert len(body) == int(length), raw[:2000]
+    assert orjson.loads(body)["code"] == "payload_too_large"
+
+
+def _chunked(total: int) -> bytes:
+    chunk = b"10000\r\n" + b"a" * 0x10000 + b"\r\n"
+    return chunk * (total // 0x10000) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_413_is_read_whole_and_what_follows_it_is_never_a_request(
+    stack: Stack, edge: ServiceProcess, framing: str
+) -> None:
+    """The client sends all of a body over the limit, then a second request: it reads the
+    whole 413 (the gateway reads and discards the rest rather than resetting the connection
+    under it), and the second request is never parsed, so never reaches the audits service."""
+    actor = f"after-413-{uuid.uuid4()}"
+    if framing == "chunked":
+        frame, body = b"Transfer-Encoding: chunked", _chunked(TWO_MIB)
+    else:
+        frame, body = b"Content-Length: " + str(TWO_MIB).encode(), b"x" * TWO_MIB
+    head = (
+        b"POST /api/v1/audits HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+        + frame
+        + b"\r\n\r\n"
+    )
+    raw = _exchange(edge, head + body + _smuggled(actor))
+    _assert_whole_413_then_close(raw)
+    assert _records(stack, actor) == 0
+
+
+def _over_limit_then_pause(sock: socket.socket) -> bytes:
+    """Headers declaring a body over the limit and a little of it; the 413 that answers."""
+    sock.sendall(
+        b"POST /api/v1/audits HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(TWO_MIB).encode() + b"\r\n\r\n" + b"x" * 4096
+    )
+    return _read_all(sock)  # the 413, then the gateway's FIN: it shut its write side
+
+
+def test_after_a_413_a_quiet_client_is_closed_at_the_lingering_timeout(
+    edge: ServiceProcess,
+) -> None:
+    with _connect(edge) as sock:
+        _assert_whole_413_then_close(_over_limit_then_pause(sock))
+        answered = time.monotonic()
+        # Still reading what the client might send...
+        assert _open_on_the_gateway(edge, sock)
+        while _open_on_the_gateway(edge, sock) and time.monotonic() - answered < 10:
+            time.sleep(0.05)
+        # ...until it has been quiet for the lingering timeout.
+        assert time.monotonic() - answered < LINGERING_TIMEOUT_S + 1.5
+        assert not _open_on_the_gateway(edge, sock)
+
+
+def _send_until_cut(sock: socket.socket, data: bytes, pause: float, deadline: float) -> int:
+    """Bytes sent until the gateway cuts the connection (or `deadline` passes)."""
+    sent = 0
+    try:
+        while time.monotonic() < deadline:
+            sock.sendall(data)
+            sent += len(data)
+            time.sleep(pause)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return sent
+
+
+def test_a_client_that_keeps_sending_after_a_413_is_cut_at_the_lingering_time(
+    edge: ServiceProcess,
+) -> None:
+    with _connect(edge) as sock:
+        _assert_whole_413_then_close(_over_limit_then_pause(sock))
+        answered = time.monotonic()
+        # Never quiet for the lingering timeout, and far below the byte bound.
+        _send_until_cut(sock, b"x" * 1024, 0.1, answered + LINGERING_TIME_S + 5)
+        cut = time.monotonic() - answered
+    assert LINGERING_TIME_S - 0.5 < cut < LINGERING_TIME_S + 2
+
+
+def test_a_client_that_floods_after_a_413_is_cut_at_the_lingering_byte_bound(
+    edge: ServiceProcess,
+) -> None:
+    before = _rss(edge)
+    with _connect(edge) as sock:
+        _assert_whole_413_then_close(_over_limit_then_pause(sock))
+        answered = time.monotonic()
+        sent = _send_until_cut(sock, b"x" * 65536, 0, answered + LINGERING_TIME_S + 5)
+        cut = time.monotonic() - answered
+    # The byte bound, plus what the two kernels' socket buffers hold, ends it before the
+    # lingering time does; what was read was discarded, not kept.
+    assert sent < LINGERING_MAX_BYTES + 16 * 1024 * 1024
+    assert cut < LINGERING_TIME_S
+    assert _rss(edge) - before < RSS_BOUND_BYTES
+
+
+def test_the_last_request_a_connection_may_carry_is_answered_whole_with_connection_close(
+    edge: ServiceProcess,
+) -> None:
+    health = b"GET /health HTTP/1.1\r\nHost: e\r\n\r\n"
+    with _connect(edge) as sock:
+        heads = []
+        for _ in range(KEEPALIVE_REQUESTS):
+            sock.sendall(health)
+            heads.append(_read_response(sock).split(b"\r\n\r\n")[0].lower())
+        assert _read_all(sock) == b""
+    assert [b"connection: close" in head for head in heads] == [False] * (
+        KEEPALIVE_REQUESTS - 1
+    ) + [True]
+    # Pipelined past the cap: the requests beyond it are never answered.
+    raw = _exchange(edge, health * (KEEPALIVE_REQUESTS + 2))
+    assert _statuses(raw) == [200] * KEEPALIVE_REQUESTS
+    assert raw.lower().count(b"connection: close") == 1
+
+
+def test_a_request_past_the_connections_time_is_answered_whole_then_the_connection_closes(
+    stack: Stack, edge: ServiceProcess
+) -> None:
+    actor = f"keepalive-time-{uuid.uuid4()}"
+    request = _post_audit(actor)
+    with _connect(edge) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: e\r\n\r\n")
+        assert b"connection: close" not in _read_response(sock).lower()
+        # A request still arriving when the connection's time is up is served in full.
+        sock.sendall(request[:-10])
+        time.sleep(KEEPALIVE_TIME_S + 0.2)
+        sock.sendall(request[-10:])
+        raw = _read_all(sock)
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert _statuses(raw) == [201], raw[:2000]
+    assert b"connection: close" in head.lower()
+    assert orjson.loads(body)["actor"] == actor
+    assert _records(stack, actor) == 1

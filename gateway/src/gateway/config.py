@@ -39,6 +39,26 @@ class Settings(ServiceSettings):
     max_connections: int = Field(
         default=1024, gt=0, description="Open client connections per gateway process."
     )
+    keepalive_requests: int = Field(
+        default=1000, gt=0, description="Requests one client connection may carry."
+    )
+    keepalive_time: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds after which a client connection takes no further request.",
+    )
+    lingering_time: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds at most that a connection closing with input unread goes on "
+        "reading and discarding it, so that the client reads the answer first.",
+    )
+    lingering_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds without input that end a lingering close."
+    )
+    lingering_max_bytes: int = Field(
+        default=16_777_216, ge=0, description="Bytes a lingering close discards at most."
+    )
     max_url_bytes: int = Field(default=8192, gt=0)
     max_header_bytes: int = Field(default=32_768, gt=0)
     rate_limit_llm_per_minute: int = Field(default=60, ge=0, description="0 disables the limit.")

@@ -11,13 +11,23 @@ and the manifests do). On top of uvicorn's own behaviour:
   connection's start, is answered 408 (or just closed, when nothing arrived) and closed;
 - a request that is not valid HTTP/1.1, that has no Host or two, a `Transfer-Encoding` other
   than `chunked`, an `Upgrade` together with a body, or the `CONNECT` method is answered 400
-  and closed: nothing after it on the connection is read.
+  and closed: nothing after it on the connection is read as a request;
+- a response that starts before its request's body has all arrived (a 413, a 408, any early
+  answer) carries `Connection: close`, and so does the last response a connection may carry
+  (`KEEPALIVE_REQUESTS`, `KEEPALIVE_TIME`); a response is never cut for either;
+- closing with input still unread is a lingering close, as nginx's `lingering_close`: the
+  answer goes out, then the write side is shut, and what the client still sends is read and
+  discarded (never parsed) until it closes, for at most `LINGERING_TIME` seconds and
+  `LINGERING_MAX_BYTES` bytes, and at most `LINGERING_TIMEOUT` seconds without input. Closing
+  at once would make the kernel reset the connection, and the client lose the answer.
 
-Every such answer is a problem document (`application/problem+json`) with a fresh request ID.
+Every answer of its own is a problem document (`application/problem+json`) with a fresh
+request ID.
 """
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from functools import cache
 
 import orjson
@@ -79,33 +89,66 @@ def problem_bytes(refusal: ServiceError) -> bytes:
     )
 
 
+class _CycleTransport(asyncio.Transport):
+    """The connection's transport as uvicorn's request cycles see it (they only write, ask
+    whether it is closing and close it): closing is the protocol's `close_after_response`."""
+
+    def __init__(self, transport: asyncio.Transport, close: Callable[[], None]) -> None:
+        super().__init__()
+        self.transport = transport
+        self._close = close
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.transport.write(data)
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        self._close()
+
+
 class EdgeHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with connection-level limits (see the module's doc)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        settings = _settings()
-        self.max_header_block = settings.max_url_bytes + settings.max_header_bytes
-        self.header_timeout = settings.client_header_timeout
+        self.limits = limits = _settings()
+        self.max_header_block = limits.max_url_bytes + limits.max_header_bytes
+        self.opened = self.loop.time()
+        self.requests = 0
+        self.keep_alive_wanted = False
+        self.draining = False
         self.header_bytes = 0
         self.awaiting_headers = True
         self.refused = False
         self.pending_refusal: ServiceError | None = None
         self.header_deadline: asyncio.TimerHandle | None = None
-        if len(self.connections) > settings.max_connections:
+        self.cycle_transport = _CycleTransport(transport, self.close_after_response)
+        self.lingering_until: float | None = None
+        self.lingering_input = 0.0
+        self.lingering_bytes = 0
+        self.lingering_check: asyncio.TimerHandle | None = None
+        if len(self.connections) > limits.max_connections:
             self.refuse(
                 ServiceUnavailable(
-                    f"More than {settings.max_connections} connections are open; retry later."
-                )
+                    f"More than {limits.max_connections} connections are open; retry later."
+                ),
+                linger=False,
             )
             return
         self.arm_header_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.disarm_header_deadline()
+        if self.lingering_check is not None:
+            self.lingering_check.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering_until is not None:
+            self.discard(data)
+            return
         if self.refused:
             return
         if self.awaiting_headers:
@@ -113,11 +156,10 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             if self.header_deadline is None:
                 self.arm_header_deadline()
         super().data_received(data)
-        if self.awaiting_headers and self.header_bytes > self.max_header_block and not self.refused:
+        limit = self.max_header_block
+        if self.awaiting_headers and self.header_bytes > limit and not self.refused:
             self.refuse(
-                RequestHeadersTooLarge(
-                    f"The request line and headers exceed {self.max_header_block} bytes."
-                )
+                RequestHeadersTooLarge(f"The request line and headers exceed {limit} bytes.")
             )
 
     def send_400_response(self, msg: str) -> None:
@@ -140,18 +182,47 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             self.pending_refusal = refusal
             raise refusal
         super().on_headers_complete()
-        if self.parser.should_upgrade() and not self._should_upgrade():
-            # An ignored Upgrade (h2c): the parser treats what follows as upgrade data, so
-            # this is the connection's last request.
-            self.cycle.keep_alive = False
+        if self.parser.should_upgrade() and self._should_upgrade():
+            return  # a WebSocket: uvicorn hands the connection to its WebSocket protocol
+        self.requests += 1
+        cycle = self.cycle
+        cycle.transport = self.cycle_transport
+        # An ignored Upgrade (h2c) makes this the connection's last request: the parser
+        # treats what follows as upgrade data.
+        self.keep_alive_wanted = cycle.keep_alive and not self.parser.should_upgrade()
+        # Until the body has all arrived, a response is the connection's last: what the
+        # client still sends of a refused body must never be read as its next request.
+        cycle.keep_alive = False
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self.awaiting_headers = True
         self.header_bytes = 0
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            cycle.keep_alive = self.keep_alive_wanted and self.may_keep_alive()
+
+    def may_keep_alive(self) -> bool:
+        """Whether the connection may carry another request after this one's response."""
+        limits = self.limits
+        return (
+            not (self.refused or self.draining)
+            and self.requests < limits.keepalive_requests
+            and self.loop.time() - self.opened < limits.keepalive_time
+        )
+
+    def on_response_complete(self) -> None:
+        if self.lingering_until is None:
+            super().on_response_complete()
+
+    def shutdown(self) -> None:
+        self.draining = True
+        super().shutdown()
 
     def arm_header_deadline(self) -> None:
-        self.header_deadline = self.loop.call_later(self.header_timeout, self.header_timed_out)
+        self.header_deadline = self.loop.call_later(
+            self.limits.client_header_timeout, self.header_timed_out
+        )
 
     def disarm_header_deadline(self) -> None:
         if self.header_deadline is not None:
@@ -163,11 +234,10 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         if self.header_bytes == 0 and (self.cycle is None or self.cycle.response_complete):
             self.transport.close()
             return
-        self.refuse(
-            RequestTimeout(f"The request headers did not arrive within {self.header_timeout:g} s.")
-        )
+        seconds = self.limits.client_header_timeout
+        self.refuse(RequestTimeout(f"The request headers did not arrive within {seconds:g} s."))
 
-    def refuse(self, refusal: ServiceError) -> None:
+    def refuse(self, refusal: ServiceError, *, linger: bool = True) -> None:
         """Answer `refusal` and close. While an earlier request's response is still due, that
         response goes out first and the connection closes after it, so no answer ever goes to
         the wrong request."""
@@ -181,11 +251,58 @@ class EdgeHttpProtocol(HttpToolsProtocol):
                 cycle.message_event.set()
                 if not cycle.response_started:
                     self.transport.write(problem_bytes(refusal))
-                self.transport.close()
+                self.linger()
             else:
                 cycle.keep_alive = False
                 self.pipeline.clear()
             return
         if not self.transport.is_closing():
             self.transport.write(problem_bytes(refusal))
+            if linger:
+                self.linger()
+            else:
+                self.transport.close()
+
+    def close_after_response(self) -> None:
+        """A request cycle closes the connection (its response was the last, or it failed):
+        lingering when input is still unread, at once when not."""
+        unread = self.refused or self.pipeline or self.flow.read_paused
+        if unread or (self.cycle is not None and self.cycle.more_body):
+            self.linger()
+        else:
             self.transport.close()
+
+    def linger(self) -> None:
+        """Shut the write side once the answer is out, then read and discard what arrives,
+        within the lingering bounds, before closing (see the module's doc)."""
+        if self.lingering_until is not None or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        self.lingering_until = now + self.limits.lingering_time
+        self.lingering_input = now
+        self.pipeline.clear()
+        self.disarm_header_deadline()
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.check_lingering()
+
+    def discard(self, data: bytes) -> None:
+        self.lingering_bytes += len(data)
+        self.lingering_input = self.loop.time()
+        if self.lingering_bytes > self.limits.lingering_max_bytes:
+            self.transport.close()
+
+    def check_lingering(self) -> None:
+        """Close once a lingering bound is reached, else look again when the next one can be."""
+        assert self.lingering_until is not None
+        now = self.loop.time()
+        quiet_until = self.lingering_input + self.limits.lingering_timeout
+        if now >= min(quiet_until, self.lingering_until):
+            self.lingering_check = None
+            self.transport.close()
+            return
+        self.lingering_check = self.loop.call_at(
+            min(quiet_until, self.lingering_until), self.check_lingering
+        )
