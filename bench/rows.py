@@ -169,7 +169,7 @@ class Bench:
         return self.stack.service(key, "gateway", env).url
 
     def audits(self, key: str = "audits", database: str = "bench") -> str:
-        url = self.stack.database(database)
+        url = self.stack.service_database(database)
         return self.stack.service(key, "audits", {"DATABASE_URL": url}).url
 
     def standin(self) -> str:

@@ -17,6 +17,7 @@ from typing import IO
 
 from devstack.postgres import EmbeddedPostgres, free_port
 from devstack.processes import ServiceProcess, repo_root, uvicorn_command
+from devstack.run import provision_service_role
 
 
 class Skip(Exception):
@@ -50,6 +51,7 @@ class Stack:
         self._services: dict[str, ServiceProcess] = {}
         self._postgres: EmbeddedPostgres | None = None
         self._databases: dict[str, str] = {}
+        self._logins: dict[str, str] = {}
         self._urls: dict[str, str] = {}
         self._servers: dict[str, int] = {}
 
@@ -193,6 +195,13 @@ class Stack:
             raise RuntimeError(f"alembic upgrade head failed: {tail}")
         self._databases[name] = url
         return url
+
+    def service_database(self, name: str) -> str:
+        """`database(name)` as the audits service logs in to it, like `make run`: with its
+        own login role (a member of `audits_app`), never as the tables' owner."""
+        if name not in self._logins:
+            self._logins[name] = provision_service_role(self.database(name))
+        return self._logins[name]
 
     def close(self) -> None:
         for key in reversed(list(self._services)):

@@ -24,6 +24,7 @@ from devstack.processes import ServiceProcess, repo_root
 from servicekit import configure_logging
 
 READY_TIMEOUT_S = 60.0
+SERVICE_LOGIN = "audits_service"
 
 
 class RunSettings(BaseSettings):
@@ -34,7 +35,7 @@ class RunSettings(BaseSettings):
     llm_port: int = 8002
     database_url: str | None = None
     # The audits service's login role (a member of the migrations' `audits_app` group).
-    audits_db_user: str = "audits_service"
+    audits_db_user: str = SERVICE_LOGIN
     audits_db_password: str | None = None
     log_level: str = "INFO"
 
@@ -63,15 +64,20 @@ def migrate(database_url: str) -> None:
     )
 
 
-def provision_service_role(database_url: str, settings: RunSettings) -> str:
-    """Create or update the audits login role; returns the URL the service logs in with."""
-    env = {**os.environ, "DATABASE_URL": database_url, "AUDITS_DB_USER": settings.audits_db_user}
-    if settings.audits_db_password is not None:
-        env["AUDITS_DB_PASSWORD"] = settings.audits_db_password
-    subprocess.run([sys.executable, "-m", "audits_service.roles"], env=env, check=True)
-    url = make_url(database_url).set(
-        username=settings.audits_db_user, password=settings.audits_db_password
-    )
+def provision_service_role(
+    database_url: str, login: str = SERVICE_LOGIN, password: str | None = None
+) -> str:
+    """Create or update the audits login role as the operator does (`python -m
+    audits_service.roles`, connected as the owner); returns the URL the service logs in with:
+    `database_url` with the login role's credentials."""
+    env = {**os.environ, "DATABASE_URL": database_url, "AUDITS_DB_USER": login}
+    if password is not None:
+        env["AUDITS_DB_PASSWORD"] = password
+    command = [sys.executable, "-m", "audits_service.roles"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"python -m audits_service.roles failed: {done.stderr[-500:]}")
+    url = make_url(database_url).set(username=login, password=password)
     return url.render_as_string(hide_password=False)
 
 
@@ -122,7 +128,10 @@ def main() -> int:
             database_url = database.url
             logger.info("embedded PostgreSQL ready", port=database.port, data=".data/postgres")
         migrate(database_url)
-        audits.env["DATABASE_URL"] = provision_service_role(database_url, settings)
+        audits.env["DATABASE_URL"] = provision_service_role(
+            database_url, settings.audits_db_user, settings.audits_db_password
+        )
+        logger.info("audits login role ready", role=settings.audits_db_user)
         services.insert(0, audits.start(wait=False))
         for service in services:
             service.wait_live()

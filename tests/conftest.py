@@ -18,7 +18,7 @@ import pytest
 from devstack.openai_standin import OpenAIStandin
 from devstack.postgres import EmbeddedPostgres, free_port
 from devstack.processes import ServiceProcess
-from devstack.run import migrate
+from devstack.run import migrate, provision_service_role
 from tests.e2e_stack import (
     STACK_CLIENT_BODY_TIMEOUT_S,
     STANDIN_API_KEY,
@@ -47,9 +47,10 @@ def stack(
     logs = tmp_path_factory.mktemp("stack-logs")
     database_url = postgres.create_database("e2e_stack")
     migrate(database_url)
+    service_url = provision_service_role(database_url)
     started: list[ServiceProcess] = []
     try:
-        audits = start_logged("audits", {"DATABASE_URL": database_url}, logs / "audits.log")
+        audits = start_logged("audits", {"DATABASE_URL": service_url}, logs / "audits.log")
         started.append(audits)
         llm = start_logged("llm", llm_env(standin), logs / "llm.log")
         started.append(llm)
@@ -59,7 +60,7 @@ def stack(
         gateway = start_logged("gateway", gateway_settings, logs / "gateway.log")
         started.append(gateway)
         wait_ready(gateway.url)
-        yield Stack(database_url, audits, llm, gateway, logs)
+        yield Stack(database_url, service_url, audits, llm, gateway, logs)
     finally:
         for service in reversed(started):
             service.stop()
@@ -81,9 +82,11 @@ def start_service(tmp_path: Path) -> Iterator[StartService]:
 
 
 @pytest.fixture
-def migrated_database_url(fresh_database_url: str) -> str:
+def service_database_url(fresh_database_url: str) -> str:
+    """A fresh migrated database, as the audits service logs in to it: with its own login
+    role (a member of `audits_app`), never as the tables' owner, like `make run`."""
     migrate(fresh_database_url)
-    return fresh_database_url
+    return provision_service_role(fresh_database_url)
 
 
 @pytest.fixture(scope="session")

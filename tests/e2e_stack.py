@@ -17,7 +17,9 @@ STACK_CLIENT_BODY_TIMEOUT_S = 2.0
 
 @dataclass
 class Stack:
+    # The owner's (migrations, tests' own SQL) and the audits service's login role's.
     database_url: str
+    service_url: str
     audits: ServiceProcess
     llm: ServiceProcess
     gateway: ServiceProcess

@@ -1,8 +1,9 @@
 """The audits half through the gateway, with real processes: what clients of the API see."""
 
 from collections.abc import Iterator
-from uuid import uuid4
+from uuid import UUID, uuid4
 
+import asyncpg
 import httpx
 import pytest
 
@@ -88,3 +89,49 @@ def test_database_health_through_the_gateway(gateway: httpx.Client) -> None:
     body = gateway.get("/health/db").json()
     assert body["status"] == "ok"
     assert body["migration"]["up_to_date"] is True
+
+
+# What the service's own login role must be refused, by the database itself.
+TRAIL_REWRITES = (
+    "UPDATE audit_event SET op = 'delete'",
+    "DELETE FROM audit_event",
+    "TRUNCATE audit_event",
+    "DELETE FROM audit_checkpoint",
+    "ALTER TABLE audit_record DISABLE TRIGGER audit_record_log_event",
+    "ALTER TABLE audit_event DISABLE TRIGGER ALL",
+    "DROP TRIGGER audit_record_log_event ON audit_record",
+    "DROP TABLE audit_event",
+    "SET session_replication_role = replica",
+)
+
+
+async def test_the_running_service_logs_in_as_a_role_that_cannot_rewrite_the_trail(
+    stack: Stack,
+) -> None:
+    async with httpx.AsyncClient(base_url=stack.gateway.url, timeout=15) as gateway:
+        created = await gateway.post(AUDITS, json=record())
+    assert created.status_code == 201, created.text
+    admin = await asyncpg.connect(stack.database_url)
+    try:
+        roles = await admin.fetch(
+            "SELECT DISTINCT a.usename, r.rolsuper, pg_has_role(a.usename, 'audits_app', 'MEMBER')"
+            " AS member, a.usename = t.tableowner AS owner"
+            " FROM pg_stat_activity a JOIN pg_roles r ON r.rolname = a.usename"
+            " CROSS JOIN (SELECT tableowner FROM pg_tables WHERE tablename = 'audit_event') t"
+            " WHERE a.application_name = 'audits-service' AND a.datname = current_database()"
+        )
+    finally:
+        await admin.close()
+    # The process's pooled sessions: one role, in the service group, neither owner nor superuser.
+    assert [tuple(role) for role in roles] == [("audits_service", False, True, False)]
+    service = await asyncpg.connect(stack.service_url)
+    try:
+        for statement in TRAIL_REWRITES:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await service.execute(statement)
+        ops = await service.fetch(
+            "SELECT op FROM audit_event WHERE record_id = $1", UUID(created.json()["id"])
+        )
+        assert [row["op"] for row in ops] == ["create"]
+    finally:
+        await service.close()

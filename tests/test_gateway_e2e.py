@@ -210,9 +210,9 @@ async def test_merged_openapi_is_valid_and_docs_are_served_locally(stack: Stack)
 
 
 async def test_health_goes_ok_degraded_unavailable_as_services_stop(
-    migrated_database_url: str, standin: OpenAIStandin, start_service: StartService
+    service_database_url: str, standin: OpenAIStandin, start_service: StartService
 ) -> None:
-    audits = start_service("audits", {"DATABASE_URL": migrated_database_url})
+    audits = start_service("audits", {"DATABASE_URL": service_database_url})
     llm = start_service("llm", llm_env(standin))
     gateway = start_service("gateway", gateway_env(audits.url, llm.url))
     wait_ready(gateway.url)

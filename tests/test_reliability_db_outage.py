@@ -18,7 +18,7 @@ import asyncpg
 import httpx
 
 from devstack.postgres import EmbeddedPostgres, free_port
-from devstack.run import migrate
+from devstack.run import migrate, provision_service_role
 from tests.e2e_stack import StartService
 
 POOL_TIMEOUT_S = 2.0
@@ -92,8 +92,9 @@ async def test_no_acknowledged_write_lost_across_a_database_restart(
     try:
         database_url = database.create_database("audits")
         migrate(database_url)
+        service_url = provision_service_role(database_url)
         audits = start_service(
-            "audits", {"DATABASE_URL": database_url, "DB_POOL_TIMEOUT": str(POOL_TIMEOUT_S)}
+            "audits", {"DATABASE_URL": service_url, "DB_POOL_TIMEOUT": str(POOL_TIMEOUT_S)}
         )
         gateway = start_service(
             "gateway",

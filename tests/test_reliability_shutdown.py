@@ -97,11 +97,11 @@ async def test_sigterm_drains_and_finishes_a_stream_through_llm_and_gateway(
 
 
 async def test_sigterm_under_write_load_answers_every_request_it_accepted(
-    migrated_database_url: str, start_service: StartService
+    service_database_url: str, start_service: StartService
 ) -> None:
     audits = start_service(
         "audits",
-        {"DATABASE_URL": migrated_database_url, "SHUTDOWN_DRAIN_SECONDS": str(DRAIN_S)},
+        {"DATABASE_URL": service_database_url, "SHUTDOWN_DRAIN_SECONDS": str(DRAIN_S)},
     )
     answered: Counter[int] = Counter()
     refused_at: list[float] = []

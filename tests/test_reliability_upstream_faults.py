@@ -36,9 +36,9 @@ async def _load(
 
 
 async def test_audits_killed_and_restarted_under_load(
-    migrated_database_url: str, start_service: StartService
+    service_database_url: str, start_service: StartService
 ) -> None:
-    audits_env = {"DATABASE_URL": migrated_database_url}
+    audits_env = {"DATABASE_URL": service_database_url}
     audits = start_service("audits", audits_env)
     gateway = start_service("gateway", gateway_env(audits.url, f"http://127.0.0.1:{free_port()}"))
     seen: list[tuple[float, int, str, float]] = []

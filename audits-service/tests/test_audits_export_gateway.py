@@ -25,6 +25,7 @@ from audits_testkit import AUDITS, Record, alembic_config, record
 from audits_service.audits.schemas import AuditRecordResponse
 from devstack.postgres import EmbeddedPostgres, free_port
 from devstack.processes import ServiceProcess
+from devstack.run import provision_service_role
 
 # The listing side of the comparison pages through every row, 50 at a time.
 pytestmark = pytest.mark.timeout(600)
@@ -62,7 +63,9 @@ FROM generate_series(1, $1) AS g,
 
 @dataclass
 class Deployment:
+    # The owner's (seeding, the tests' own SQL) and the audits service's login role's.
     database_url: str
+    service_url: str
     audits: ServiceProcess
     gateway: ServiceProcess
     log: Path
@@ -84,8 +87,9 @@ def deployment(
     url = postgres.create_database(f"audits_export_{uuid4().hex[:8]}")
     command.upgrade(alembic_config(url), "head")
     asyncio.run(_seed(url))
+    service_url = provision_service_role(url)
     log = tmp_path_factory.mktemp("export") / "audits.log"
-    audits = start("audits", {"DATABASE_URL": url}, log)
+    audits = start("audits", {"DATABASE_URL": service_url}, log)
     try:
         gateway_env = {
             "AUDITS_SERVICE_URL": audits.url,
@@ -94,7 +98,7 @@ def deployment(
         }
         gateway = start("gateway", gateway_env)
         try:
-            yield Deployment(url, audits, gateway, log)
+            yield Deployment(url, service_url, audits, gateway, log)
         finally:
             gateway.stop()
     finally:
@@ -248,7 +252,7 @@ async def test_a_client_leaving_halfway_leaves_nothing_behind(
 @pytest.fixture
 async def fragile(deployment: Deployment, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     """A gateway and audits service whose statements time out after 0.5 s."""
-    env = {"DATABASE_URL": deployment.database_url, "DB_COMMAND_TIMEOUT": "0.5"}
+    env = {"DATABASE_URL": deployment.service_url, "DB_COMMAND_TIMEOUT": "0.5"}
     audits = start("audits", env, tmp_path / "audits.log")
     gateway_env = {
         "AUDITS_SERVICE_URL": audits.url,

@@ -19,6 +19,7 @@ from audits_testkit import AUDITS, alembic_config, record
 
 from devstack.postgres import EmbeddedPostgres
 from devstack.processes import ServiceProcess
+from devstack.run import provision_service_role
 from testkit.checks import assert_problem
 
 POOL_TIMEOUT = 2.0
@@ -45,7 +46,7 @@ def audits_process(own_postgres: EmbeddedPostgres, service_log: Path) -> Iterato
     url = own_postgres.create_database("audits")
     command.upgrade(alembic_config(url), "head")
     env = {
-        "DATABASE_URL": url,
+        "DATABASE_URL": provision_service_role(url),
         "DB_POOL_TIMEOUT": str(POOL_TIMEOUT),
         "DB_COMMAND_TIMEOUT": str(COMMAND_TIMEOUT),
         "DB_POOL_SIZE": "5",
