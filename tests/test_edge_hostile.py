@@ -165,6 +165,42 @@ def test_smuggled_request_via_connection_content_length_is_one_body(
     raw = _exchange(edge, request + b"GET /health HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n")
     assert _statuses(raw) == [422, 200], raw[:2000]
     assert _records(stack, inner_actor) == 0
+    # No answer to a smuggled request waits on a pooled upstream connection for the next
+    # client: another client's request gets its own answer.
+    other = f"other-client-{uuid.uuid4()}"
+    created = httpx.post(
+        f"{edge.url}/api/v1/audits",
+        json={"action": "create", "actor": other, "resource_type": "edge"},
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["actor"] == other
+
+
+def test_a_request_smuggled_to_the_llm_route_never_reaches_the_upstream(
+    edge: ServiceProcess, standin: OpenAIStandin
+) -> None:
+    """One counted LLM request must be one upstream call at most: a second chat request
+    hidden in the body behind `Connection: content-length` is the body's tail, not a call."""
+    chat = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a"}]})
+    inner = (
+        b"POST /api/v1/openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: "
+        + str(len(chat)).encode()
+        + b"\r\n\r\n"
+        + chat
+    )
+    payload = chat + inner * 10
+    request = (
+        b"POST /api/v1/openai/v1/chat/completions HTTP/1.1\r\nHost: edge\r\n"
+        b"Content-Type: application/json\r\nConnection: content-length\r\nContent-Length: "
+        + str(len(payload)).encode()
+        + b"\r\n\r\n"
+        + payload
+    )
+    before = len(standin.calls)
+    raw = _exchange(edge, request + b"GET /health HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n")
+    assert _statuses(raw) == [422, 200], raw[:2000]
+    assert len(standin.calls) == before
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,11 @@ from typing import Literal
 import httpx
 import orjson
 import pytest
-from openai import AsyncOpenAI, UnprocessableEntityError
+from openai import APIStatusError, AsyncOpenAI, RateLimitError, UnprocessableEntityError
 from openai.types.chat import ChatCompletionMessageParam
 
 from devstack.openai_standin import OpenAIStandin
+from devstack.postgres import free_port
 from tests.e2e_stack import STANDIN_API_KEY, Stack, StartService, gateway_env, llm_env
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
@@ -175,3 +176,50 @@ async def test_an_unconfigured_llm_degrades_the_gateway(
     assert chat.status_code == 503
     assert chat.headers["content-type"] == "application/problem+json"
     assert chat.json()["code"] == "llm_not_configured"
+
+
+def _assert_sdk_sees_the_problem(error: APIStatusError, status: int, code: str) -> None:
+    """The SDK's exception carries the gateway's problem through OpenAI's `error` object."""
+    problem = error.response.json()
+    assert error.status_code == status, problem
+    assert problem["code"] == code
+    assert error.body == problem["error"]
+    assert (error.code, error.type, error.param) == (code, code, None)
+    assert error.message == f"Error code: {status} - {problem['detail']}"
+
+
+async def test_the_gateways_own_problems_reach_the_sdk_as_openai_errors(
+    start_service: StartService, stack: Stack
+) -> None:
+    gateway = start_service(
+        "gateway", gateway_env(stack.audits.url, stack.llm.url, RATE_LIMIT_LLM_PER_MINUTE="1")
+    )
+    sdk = AsyncOpenAI(base_url=f"{gateway.url}/api/v1/openai/v1", api_key="x", max_retries=0)
+    await sdk.models.list()
+    with pytest.raises(RateLimitError) as limited:
+        await sdk.models.list()
+    _assert_sdk_sees_the_problem(limited.value, 429, "rate_limited")
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        refused = (await client.get("/api/v1/openai/v1/models/%2e%2e")).json()
+        elsewhere = (await client.get("/api/v1/audits/%2e%2e")).json()
+    assert refused["error"] == {
+        "message": refused["detail"],
+        "type": "not_found",
+        "param": None,
+        "code": "not_found",
+    }
+    # Only the OpenAI-compatible routes carry it.
+    assert "error" not in elsewhere
+
+
+async def test_an_unreachable_llm_service_reaches_the_sdk_as_an_openai_error(
+    start_service: StartService, stack: Stack
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    gateway = start_service("gateway", gateway_env(stack.audits.url, nowhere))
+    sdk = AsyncOpenAI(base_url=f"{gateway.url}/api/v1/openai/v1", api_key="x", max_retries=0)
+    with pytest.raises(APIStatusError) as failed:
+        await sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    problem = failed.value.response.json()
+    _assert_sdk_sees_the_problem(failed.value, problem["status"], problem["code"])
+    assert problem["status"] in (502, 503)

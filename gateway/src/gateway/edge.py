@@ -24,6 +24,16 @@ def unsafe_path_reason(raw_path: bytes) -> str | None:
 
 
 class EdgeGuardMiddleware:
+    """The URL and header limits of a whole request (414 over `MAX_URL_BYTES`, 431 over
+    `MAX_HEADER_BYTES`) and the path refusals.
+
+    The server layer (`gateway.server`) only bounds a header block that is not yet complete,
+    at the two limits' sum, so that the parser never buffers without end: it cannot tell the
+    URL from the headers before the block ends, and has no request to answer in the context
+    of. A complete block is judged here, so the answer is an ordinary one: the client's
+    `X-Request-ID`, the access line, CORS headers a browser needs to read it. It also holds
+    when the app runs under another server (a plain uvicorn, an ASGI test client)."""
+
     def __init__(self, app: ASGIApp, max_url_bytes: int, max_header_bytes: int) -> None:
         self.app = app
         self.max_url_bytes = max_url_bytes

@@ -7,6 +7,8 @@ and the manifests do). On top of uvicorn's own behaviour:
 - a connection beyond `MAX_CONNECTIONS` is answered 503 and closed at once;
 - a header block that grows past `MAX_URL_BYTES + MAX_HEADER_BYTES` before it is complete is
   answered 431 and the connection closed (the parser never buffers more than that plus one read);
+  a complete block is judged against each limit by `gateway.edge.EdgeGuardMiddleware`, whose
+  414 or 431 is an ordinary answer in the request's context;
 - a header block not complete within `CLIENT_HEADER_TIMEOUT` of its first byte, or of the
   connection's start, is answered 408 (or just closed, when nothing arrived) and closed;
 - a request that is not valid HTTP/1.1, that has no Host or two, a `Transfer-Encoding` other

@@ -64,6 +64,25 @@ class Problem(BaseModel):
     )
 
 
+# The OpenAI-compatible routes. Their problems also carry OpenAI's `error` object, which the
+# official SDKs take their exception's message, type and code from, whichever service answers:
+# the llm service, or the gateway in front of it (its rate limit, body limit, timeouts).
+OPENAI_COMPATIBLE_PREFIX = "/api/v1/openai/v1/"
+
+
+def openai_error(problem: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenAI's `error` object for a problem document: the detail as `message`, the code as
+    `type` and `code`, the first offending field's dotted path (below `body`) as `param`."""
+    errors = problem.get("errors") or ()
+    loc = [str(part) for part in errors[0]["loc"][1:]] if errors else []
+    return {
+        "message": problem.get("detail") or problem["title"],
+        "type": problem["code"],
+        "param": ".".join(loc) or None,
+        "code": problem["code"],
+    }
+
+
 def problem_body(
     status: int,
     code: str,
@@ -83,6 +102,8 @@ def problem_body(
     }
     if errors is not None:
         body["errors"] = list(errors)
+    if instance is not None and instance.startswith(OPENAI_COMPATIBLE_PREFIX):
+        body["error"] = openai_error(body)
     return body
 
 

@@ -4,7 +4,7 @@ from typing import Any
 import httpx2
 import orjson
 
-from servicekit import NotFound, ServiceError, ValidationFailed
+from servicekit import NotFound, ServiceError, ValidationFailed, problems
 from servicekit import UpstreamTimeout as UpstreamTimeout
 
 
@@ -75,18 +75,10 @@ _MAX_UPSTREAM_FIELD = 200
 
 
 def openai_error(problem: Mapping[str, Any], cause: Exception | None = None) -> dict[str, Any]:
-    """OpenAI's `error` object for a problem document, which the official SDK reads its
-    `message`, `type`, `param` and `code` from: the upstream's own `type`, `param` and
-    `code` when `cause` is an upstream failure that came with them (so that clients can
-    branch on `context_length_exceeded`), else the problem's."""
-    errors = problem.get("errors") or ()
-    loc = [str(part) for part in errors[0]["loc"][1:]] if errors else []
-    error = {
-        "message": problem.get("detail") or problem["title"],
-        "type": problem["code"],
-        "param": ".".join(loc) or None,
-        "code": problem["code"],
-    }
+    """servicekit's OpenAI `error` object for a problem document, with the upstream's own
+    `type`, `param` and `code` when `cause` is an upstream failure that came with them (so
+    that clients can branch on `context_length_exceeded`)."""
+    error = problems.openai_error(problem)
     upstream = cause.upstream if isinstance(cause, UpstreamFailure) else {}
     for name in _UPSTREAM_ERROR_FIELDS:
         value = upstream.get(name)
