@@ -1,6 +1,8 @@
 """The audits half through the gateway, with real processes: what clients of the API see."""
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -8,7 +10,7 @@ import httpx
 import pytest
 
 from testkit.checks import assert_problem
-from tests.e2e_stack import Stack
+from tests.e2e_stack import Stack, StartService, gateway_env
 
 AUDITS = "/api/v1/audits"
 
@@ -135,3 +137,64 @@ async def test_the_running_service_logs_in_as_a_role_that_cannot_rewrite_the_tra
         assert [row["op"] for row in ops] == ["create"]
     finally:
         await service.close()
+
+
+# The gateway's wait for the audits service's next byte in the verify tests below: above
+# the service's one second between spaces, far below the verification they wait for.
+SHORT_AUDITS_TIMEOUT_S = 2.0
+
+
+@asynccontextmanager
+async def _checkpoints_locked(database_url: str) -> AsyncIterator[None]:
+    """`audit_checkpoint` locked against readers: a verify started meanwhile waits."""
+    admin = await asyncpg.connect(database_url)
+    try:
+        async with admin.transaction():
+            await admin.execute("LOCK TABLE audit_checkpoint IN ACCESS EXCLUSIVE MODE")
+            yield
+    finally:
+        await admin.close()
+
+
+def _replica(stack: Stack, start_service: StartService, command_timeout_s: float) -> str:
+    """A second audits replica on the stack's database, with its own statement timeout,
+    behind a gateway of its own with the short `AUDITS_TIMEOUT`; returns the gateway's URL."""
+    audits = start_service(
+        "audits", {"DATABASE_URL": stack.service_url, "DB_COMMAND_TIMEOUT": f"{command_timeout_s}"}
+    )
+    env = gateway_env(audits.url, stack.llm.url, AUDITS_TIMEOUT=f"{SHORT_AUDITS_TIMEOUT_S}")
+    return start_service("gateway", env).url
+
+
+async def test_a_verify_longer_than_the_audits_timeout_streams_through_the_gateway(
+    stack: Stack, start_service: StartService
+) -> None:
+    gateway = _replica(stack, start_service, command_timeout_s=30)
+    async with httpx.AsyncClient(base_url=gateway, timeout=60) as client:
+        async with _checkpoints_locked(stack.database_url):
+            verify = asyncio.create_task(client.get(f"{AUDITS}/verify"))
+            # Three times the gateway's timeout with nothing to report yet.
+            await asyncio.sleep(3 * SHORT_AUDITS_TIMEOUT_S)
+            assert not verify.done()
+        response = await verify
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["transfer-encoding"] == "chunked"
+    # One space per second of waiting, then the report: still one JSON document.
+    assert response.text.startswith("   ")
+    assert response.json()["status"] == "intact"
+
+
+async def test_a_streamed_verify_that_fails_ends_truncated(
+    stack: Stack, start_service: StartService
+) -> None:
+    # The lock outlasts the replica's statement timeout, which outlasts the gateway's.
+    gateway = _replica(stack, start_service, command_timeout_s=2 * SHORT_AUDITS_TIMEOUT_S)
+    async with (
+        httpx.AsyncClient(base_url=gateway, timeout=60) as client,
+        _checkpoints_locked(stack.database_url),
+        client.stream("GET", f"{AUDITS}/verify") as response,
+    ):
+        assert response.status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            await response.aread()

@@ -11,19 +11,16 @@ changed or deleted while it runs appears as it is when its chunk is read.
 
 import csv
 import io
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import orjson
 from loguru import logger
 from sqlalchemy import ColumnElement, DateTime, Row, Text, case, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.responses import StreamingResponse
-from starlette.types import Send
 
 from audits_service.audits.constants import (
     CSV_MEDIA_TYPE,
@@ -35,6 +32,7 @@ from audits_service.audits.models import audit_record
 from audits_service.audits.schemas import AuditExportParams, AuditRecordResponse
 from audits_service.audits.service import NEWEST_FIRST, filter_conditions, listed_after
 from audits_service.database import DatabaseUnavailable, is_unavailable
+from audits_service.streaming import ClosingStreamingResponse, StreamInterrupted
 from servicekit import ServiceError
 from servicekit.problems import problem_body
 
@@ -43,10 +41,6 @@ FIELDS = tuple(AuditRecordResponse.model_fields)
 # (created_at, id, then the rendered line or fields) per record.
 _Row = Row[*tuple[Any, ...]]
 _Rows = Sequence[_Row]
-
-
-class ExportInterrupted(Exception):
-    """A CSV export failed after its first byte: the response is cut short, unterminated."""
 
 
 def _as_api_text(column: ColumnElement[Any]) -> ColumnElement[Any]:
@@ -105,33 +99,11 @@ _FORMATS = {
 }
 
 
-class ExportResponse(StreamingResponse):
-    """A streamed export whose body generator is closed however the response ends (the
-    client leaving included), so its database work stops with it; a CSV export that fails
-    mid-way ends without the closing chunk, which a client sees as a truncated body."""
+class ExportResponse(ClosingStreamingResponse):
+    """A streamed export: its database work stops when the response ends; a CSV export
+    that fails mid-way ends truncated."""
 
     media_type = NDJSON_MEDIA_TYPE
-
-    def __init__(
-        self, chunks: AsyncGenerator[bytes, None], media_type: str, headers: Mapping[str, str]
-    ) -> None:
-        super().__init__(chunks, media_type=media_type, headers=headers)
-        self.chunks = chunks
-
-    async def stream_response(self, send: Send) -> None:
-        start = {"type": "http.response.start", "status": self.status_code}
-        await send({**start, "headers": self.raw_headers})
-        try:
-            async for chunk in self.chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                # A send to a client that has gone returns at once: this is where the
-                # cancellation of a left response (the database work being shielded) lands.
-                await anyio.lowlevel.checkpoint()
-        except ExportInterrupted:
-            return
-        finally:
-            await self.chunks.aclose()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class _Export:
@@ -192,7 +164,7 @@ class _Export:
         else:
             logger.opt(exception=exc).error("export failed mid-stream", rows=self.rows_sent)
         if self.format.media_type != NDJSON_MEDIA_TYPE:
-            raise ExportInterrupted from exc
+            raise StreamInterrupted from exc
         problem = problem_body(error.status, error.code, error.title, error.detail, self.path)
         return orjson.dumps({"error": problem}) + b"\n"
 

@@ -1,7 +1,7 @@
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from audits_service.trail import service
@@ -25,8 +25,14 @@ def _engine(request: Request) -> AsyncEngine:
         "Recomputes every sealed event's hash and every checkpoint from the database, and "
         "checks each record against its last event. 200 either way: the answer is `status`, "
         "and `first_broken` names the earliest problem. With `since_hash` (a `head.hash` "
-        "published earlier) it also proves the trail still extends that head."
+        "published earlier) it also proves the trail still extends that head.\n\n"
+        "A verification still running after a second is streamed: the body then starts "
+        "with one space per second of work (JSON whitespace, so it parses as the same "
+        "report) and ends with the report, so proxies that bound the wait for the next "
+        "byte (the gateway's `AUDITS_TIMEOUT`) do not cut it off. If the database fails "
+        "after that, the body ends without its closing chunk instead of a 503 problem."
     ),
+    response_model=VerifyReport,
     responses=problem_responses(422, 503),
 )
 async def verify_trail(
@@ -39,8 +45,8 @@ async def verify_trail(
             examples=["5c2b8e0f4f3e1d6a9b7c0e2d4f6a8b0c1d3e5f7a9b0c2d4e6f8a0b1c3d5e7f9a"],
         ),
     ] = None,
-) -> VerifyReport:
-    return await service.verify(_engine(request), since_hash)
+) -> VerifyReport | Response:
+    return await service.verify_answer(_engine(request), since_hash)
 
 
 @router.get(
