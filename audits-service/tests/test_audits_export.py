@@ -90,6 +90,39 @@ async def test_csv_equals_the_listing(
     assert '"comma, ""quote""\r\nand newline"' in text
 
 
+# Each of OWASP's formula starts, the escape character itself, and text that only holds one.
+FORMULAS = ("=SUM(A1)", "+1", "-2+3", "@cmd", "\tTAB", "\rCR", "'quoted", "a=b", "", "x-@")
+
+
+async def test_csv_with_formulas_escaped_is_reversible(
+    client: httpx.AsyncClient, actor: str
+) -> None:
+    bodies = [
+        record(actor=actor, description=text, resource_id=text, user_agent=text)
+        for text in FORMULAS
+    ]
+    created = await client.post(f"{AUDITS}/batch", json={"records": bodies})
+    assert created.status_code == 201, created.text
+    query = {"actor": actor, "format": "csv"}
+    plain = from_csv((await client.get(EXPORT, params=query)).text)
+    escaped = await client.get(EXPORT, params={**query, "escape_formulas": "true"})
+    assert escaped.status_code == 200
+    assert escaped.headers["content-type"] == "text/csv; charset=utf-8; header=present"
+    rows = from_csv(escaped.text)
+    for row in rows:
+        text = row["description"] or ""
+        assert row["resource_id"] == row["user_agent"] == row["description"]
+        # No field a spreadsheet would run: each one that starts like a formula is quoted.
+        assert not text.startswith(("=", "+", "-", "@", "\t", "\r")), text
+    # The stored values, from the escaped file by removing one leading quote per field.
+    unescaped = [
+        {k: v[1:] if isinstance(v, str) and v.startswith("'") else v for k, v in row.items()}
+        for row in rows
+    ]
+    assert unescaped == plain == [blank_as_null(r) for r in await listed(client, {"actor": actor})]
+    assert sorted(r["description"] or "" for r in plain) == sorted(FORMULAS)
+
+
 @pytest.mark.parametrize(
     ("params", "wanted"),
     [
@@ -140,6 +173,9 @@ async def test_time_range(client: httpx.AsyncClient, actor: str, records: list[R
         {"action": "nope"},
         {"created_from": "2026-02-01T00:00:00Z", "created_to": "2026-01-01T00:00:00Z"},
         {"created_from": "0.5"},
+        {"escape_formulas": "true"},
+        {"format": "ndjson", "escape_formulas": "true"},
+        {"format": "csv", "escape_formulas": "maybe"},
     ],
 )
 async def test_invalid_queries(client: httpx.AsyncClient, params: dict[str, str]) -> None:
@@ -155,7 +191,7 @@ async def test_openapi_documents_both_media_types(client: httpx.AsyncClient) -> 
     assert "Content-Disposition" in operation["responses"]["200"]["headers"]
     names = {parameter["name"] for parameter in operation["parameters"]}
     filters = {"action", "status", "actor", "resource_type", "resource_id"}
-    assert names == {"format", "created_from", "created_to", *filters}
+    assert names == {"format", "escape_formulas", "created_from", "created_to", *filters}
     batch = document["paths"][f"{AUDITS}/batch"]["post"]
     assert {"201", "409", "422", "503"} <= set(batch["responses"])
 

@@ -78,6 +78,21 @@ def _csv(rows: _Rows) -> bytes:
     return buffer.getvalue().encode()
 
 
+# What a spreadsheet would read as the start of a formula (OWASP's CSV injection list),
+# and the escape itself, so that escaped and stored values never read alike.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _defused(field: str | None) -> str | None:
+    return "'" + field if field and field.startswith(_FORMULA_STARTS) else field
+
+
+def _csv_escaped(rows: _Rows) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([_defused(field) for field in row[2:]] for row in rows)
+    return buffer.getvalue().encode()
+
+
 def _csv_header() -> bytes:
     buffer = io.StringIO()
     csv.writer(buffer).writerow(FIELDS)
@@ -97,6 +112,7 @@ _FORMATS = {
     ExportFormat.NDJSON: _Format(NDJSON_MEDIA_TYPE, "ndjson", [_JSON_LINE], b"", _ndjson),
     ExportFormat.CSV: _Format(CSV_MEDIA_TYPE, "csv", _CSV_FIELDS, _csv_header(), _csv),
 }
+_ESCAPED_CSV = _Format(CSV_MEDIA_TYPE, "csv", _CSV_FIELDS, _csv_header(), _csv_escaped)
 
 
 class ExportResponse(ClosingStreamingResponse):
@@ -111,7 +127,7 @@ class _Export:
 
     def __init__(self, engine: AsyncEngine, params: AuditExportParams, path: str) -> None:
         self.engine = engine
-        self.format = _FORMATS[params.format]
+        self.format = _ESCAPED_CSV if params.escape_formulas else _FORMATS[params.format]
         self.conditions = filter_conditions(params)
         self.path = path
         self.rows_sent = 0

@@ -176,6 +176,9 @@ _CSV_EXAMPLE = (
         "The listing's filters, no paging: every matching record, streamed. `ndjson`: one "
         "record per line, each an `AuditRecordResponse`. `csv`: RFC 4180 (CRLF, a header "
         "row naming the fields, `metadata` as a JSON string, an empty field for null). "
+        "With `escape_formulas=true` (CSV only) a field a spreadsheet would run as a "
+        "formula (starting with `=`, `+`, `-`, `@`, tab or CR) or starting with `'` gets "
+        "a leading `'`; without it every value is exactly as stored. "
         "If the export fails after it has started, an NDJSON stream ends with a last line "
         '`{"error": <problem>}`, and a CSV stream is cut off without its closing chunk '
         "(an incomplete chunked body, which HTTP clients report as an error). A database "
