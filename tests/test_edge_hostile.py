@@ -109,20 +109,26 @@ def _rss(service: ServiceProcess) -> int:
     return int(psutil.Process(service.process.pid).memory_info().rss)
 
 
-def _post_audit(actor: str) -> bytes:
-    body = orjson.dumps({"action": "create", "actor": actor, "resource_type": "edge"})
+def _post(body: bytes, path: bytes = b"/api/v1/audits", connection: bytes | None = None) -> bytes:
+    """A JSON POST with its Content-Length, and a `Connection` header when given."""
     return (
-        b"POST /api/v1/audits HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        b"POST "
+        + path
+        + b" HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+        + (b"Connection: " + connection + b"\r\n" if connection else b"")
+        + b"Content-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
     )
+
+
+def _post_audit(actor: str) -> bytes:
+    return _post(orjson.dumps({"action": "create", "actor": actor, "resource_type": "edge"}))
 
 
 def _smuggled(actor: str) -> bytes:
-    inner = orjson.dumps({"action": "create", "actor": actor, "resource_type": "r"})
-    return (
-        b"POST /api/v1/audits HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: " + str(len(inner)).encode() + b"\r\n\r\n" + inner
-    )
+    return _post(orjson.dumps({"action": "create", "actor": actor, "resource_type": "r"}))
 
 
 @pytest.mark.parametrize(
@@ -135,14 +141,8 @@ def test_connection_tokens_cannot_remove_framing_or_gateway_headers(
     smuggled = _smuggled(inner_actor)
     outer = orjson.dumps({"action": "create", "actor": outer_actor, "resource_type": "edge"})
     # The outer body is a valid record followed by a whole second request.
-    payload = outer + smuggled
-    request = (
-        b"POST /api/v1/audits HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
-        b"Connection: " + token + b"\r\nContent-Length: " + str(len(payload)).encode() + b"\r\n\r\n"
-    )
-    raw = _exchange(
-        edge, request + payload + b"GET /health HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n"
-    )
+    request = _post(outer + smuggled, connection=token)
+    raw = _exchange(edge, request + b"GET /health HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n")
     statuses = _statuses(raw)
     # The upstream sees one body (invalid JSON with trailing bytes): one answer to it, then
     # the pipelined /health; never a second record.
@@ -154,14 +154,7 @@ def test_smuggled_request_via_connection_content_length_is_one_body(
     stack: Stack, edge: ServiceProcess
 ) -> None:
     inner_actor = f"smuggled-{uuid.uuid4()}"
-    smuggled = _smuggled(inner_actor)
-    request = (
-        b"POST /api/v1/audits HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
-        b"Connection: content-length\r\nContent-Length: "
-        + str(len(smuggled)).encode()
-        + b"\r\n\r\n"
-        + smuggled
-    )
+    request = _post(_smuggled(inner_actor), connection=b"content-length")
     raw = _exchange(edge, request + b"GET /health HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n")
     assert _statuses(raw) == [422, 200], raw[:2000]
     assert _records(stack, inner_actor) == 0
@@ -182,21 +175,8 @@ def test_a_request_smuggled_to_the_llm_route_never_reaches_the_upstream(
     """One counted LLM request must be one upstream call at most: a second chat request
     hidden in the body behind `Connection: content-length` is the body's tail, not a call."""
     chat = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a"}]})
-    inner = (
-        b"POST /api/v1/openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-        b"Content-Type: application/json\r\nContent-Length: "
-        + str(len(chat)).encode()
-        + b"\r\n\r\n"
-        + chat
-    )
-    payload = chat + inner * 10
-    request = (
-        b"POST /api/v1/openai/v1/chat/completions HTTP/1.1\r\nHost: edge\r\n"
-        b"Content-Type: application/json\r\nConnection: content-length\r\nContent-Length: "
-        + str(len(payload)).encode()
-        + b"\r\n\r\n"
-        + payload
-    )
+    route = b"/api/v1/openai/v1/chat/completions"
+    request = _post(chat + _post(chat, route) * 10, route, connection=b"content-length")
     before = len(standin.calls)
     raw = _exchange(edge, request + b"GET /health HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n")
     assert _statuses(raw) == [422, 200], raw[:2000]
@@ -368,6 +348,24 @@ def test_a_malformed_pipelined_request_never_takes_the_first_ones_answer(
     assert statuses[1:] in ([], [400])
     assert _records(stack, actor) == 1
     assert _records(stack, f"never-{actor}") == 0
+
+
+def test_every_request_pipelined_before_a_malformed_one_is_answered_in_order(
+    stack: Stack, edge: ServiceProcess
+) -> None:
+    actors = [f"pipelined-{n}-{uuid.uuid4()}" for n in range(3)]
+    malformed = b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"
+    raw = _exchange(
+        edge, b"".join(_post_audit(actor) for actor in actors) + malformed + _smuggled(actors[0])
+    )
+    statuses = _statuses(raw)
+    assert statuses[:3] == [201, 201, 201], raw[:3000]
+    assert statuses[3:] in ([], [400])
+    positions = [raw.find(actor.encode()) for actor in actors]
+    assert -1 not in positions, raw[:3000]
+    assert positions == sorted(positions), raw[:3000]
+    assert raw.lower().count(b"connection: close") == 1
+    assert [_records(stack, actor) for actor in actors] == [1, 1, 1]
 
 
 @pytest.mark.parametrize("text", [b"5", b"true", b"5.5", b"1e30"])

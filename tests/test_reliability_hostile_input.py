@@ -148,6 +148,8 @@ async def test_unfinished_body_is_cut_off(stack: Stack) -> None:
     answer, elapsed = await asyncio.to_thread(_raw_exchange, stack.gateway.port, head, 30.0)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
     assert PROBLEM.encode() in answer
+    # The rest of the body may still come: it must never be read as a next request.
+    assert b"connection: close" in answer.lower()
     assert elapsed < STACK_CLIENT_BODY_TIMEOUT_S + 3
 
 
@@ -175,6 +177,7 @@ def _trickle(port: int, seconds: float) -> tuple[bytes, float]:
 async def test_trickled_body_is_cut_off(stack: Stack) -> None:
     answer, elapsed = await asyncio.to_thread(_trickle, stack.gateway.port, 15.0)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b"connection: close" in answer.lower()
     assert elapsed < STACK_CLIENT_BODY_TIMEOUT_S + 3
 
 

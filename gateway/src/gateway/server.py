@@ -240,9 +240,9 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self.refuse(RequestTimeout(f"The request headers did not arrive within {seconds:g} s."))
 
     def refuse(self, refusal: ServiceError, *, linger: bool = True) -> None:
-        """Answer `refusal` and close. While an earlier request's response is still due, that
-        response goes out first and the connection closes after it, so no answer ever goes to
-        the wrong request."""
+        """Answer `refusal` and close. While earlier requests' responses are still due, they
+        go out first, in order, and the connection closes after the last of them (the refusal
+        itself unsent), so no answer ever goes to the wrong request."""
         self.refused = True
         self.disarm_header_deadline()
         self.flow.pause_reading()
@@ -255,8 +255,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
                     self.transport.write(problem_bytes(refusal))
                 self.linger()
             else:
-                cycle.keep_alive = False
-                self.pipeline.clear()
+                cycle.keep_alive = False  # the last request parsed, queued or under way
             return
         if not self.transport.is_closing():
             self.transport.write(problem_bytes(refusal))
