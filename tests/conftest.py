@@ -6,7 +6,6 @@ database) start their own processes with `start_service`.
 """
 
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -19,6 +18,7 @@ from devstack.openai_standin import OpenAIStandin
 from devstack.postgres import EmbeddedPostgres, free_port
 from devstack.processes import ServiceProcess
 from devstack.run import migrate, provision_service_role
+from testkit.debian import ensure_command
 from tests.e2e_stack import (
     STACK_CLIENT_BODY_TIMEOUT_S,
     STANDIN_API_KEY,
@@ -96,9 +96,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if given:
         yield given
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed; set TEST_REDIS_URL to test the Redis mode")
+    binary = ensure_command("redis-server", "redis-server")
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(

@@ -1,5 +1,4 @@
 import contextlib
-import shutil
 import socket
 import subprocess
 import time
@@ -11,6 +10,7 @@ from gateway_harness import running_gateway
 
 from gateway.proxy.headers import client_ip
 from gateway.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from testkit.debian import ensure_command
 
 TRUSTED = (ip_network("10.0.0.0/8"), ip_network("192.0.2.1/32"))
 
@@ -87,9 +87,7 @@ async def test_zero_disables_the_limit() -> None:
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server on a free port, never the machine's own."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server to run this)")
+    binary = ensure_command("redis-server", "redis-server")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -61,6 +61,7 @@ DEPLOYMENT_VARIABLES = {
     "AUDITS_DB_PASSWORD",
     "IMAGE_TAG",
     "GATEWAY_BIND_ADDRESS",
+    "API_KEYS_DIR",
 }
 APP_SERVICES = {"gateway": "gateway", "audits": "audits-service", "llm": "llm-service"}
 _ASSIGNMENT = re.compile(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")

@@ -15,6 +15,7 @@ import yaml
 from pydantic import TypeAdapter
 from pydantic.fields import FieldInfo
 
+from gateway.keys import parse_keys
 from tests.deploy.deploy_support import (
     REPO,
     SERVICES,
@@ -111,7 +112,15 @@ def test_example_secrets_hold_what_workloads_read_and_no_real_value(
 ) -> None:
     secrets = {m["metadata"]["name"]: m["stringData"] for m in base if m["kind"] == "Secret"}
     database = secrets["audits-database"]
-    assert secrets == {"audits-database": database, "llm-openai": {"OPENAI_API_KEY": "REPLACE_ME"}}
+    keys = secrets["gateway-api-keys"]
+    assert secrets == {
+        "audits-database": database,
+        "llm-openai": {"OPENAI_API_KEY": "REPLACE_ME"},
+        "gateway-api-keys": keys,
+    }
+    # A keys file the gateway accepts, whose one hash no key has.
+    [entry] = parse_keys(keys["keys.yaml"]).values()
+    assert entry.sha256 == "0" * 64
     # The owner's URL for the migrations Job, the service's login role and its URL.
     assert set(database) == {
         "DATABASE_URL",
@@ -166,10 +175,13 @@ def assert_restricted(spec: dict[str, Any]) -> None:
         assert security["allowPrivilegeEscalation"] is False
         assert security["readOnlyRootFilesystem"] is True
         assert security["capabilities"] == {"drop": ["ALL"]}
-        (mount,) = container["volumeMounts"]
-        assert mount["mountPath"] == "/tmp"  # noqa: S108 - the emptyDir the image writes to
-        (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
-        assert "emptyDir" in volume
+        mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+        volumes = {volume["name"]: volume for volume in spec["volumes"]}
+        # The emptyDir the image writes to; anything else mounted is a read-only Secret.
+        assert "emptyDir" in volumes[mounts.pop("/tmp")["name"]]  # noqa: S108
+        for mount in mounts.values():
+            assert mount["readOnly"] is True
+            assert volumes[mount["name"]]["secret"]["optional"] is True
 
 
 @pytest.mark.parametrize("app", APPS)
