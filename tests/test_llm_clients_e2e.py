@@ -7,7 +7,9 @@ tool; model entries; upstream error codes; the `n` cap; a stream's retries), Lan
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
+import orjson
 import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.tools import tool
@@ -136,6 +138,28 @@ def test_sdk_sends_an_image_of_two_mebibytes(sdk: openai.OpenAI, upstream: OpenA
     assert completion.choices[0].message.content == REPLY
     [call] = upstream.calls
     assert call.json()["messages"][0]["content"][1]["image_url"]["url"] == image
+
+
+def test_chat_with_an_image_part_streams_tool_call_events(
+    scripted: tuple[OpenAIStandin, ServiceProcess], upstream: OpenAIStandin
+) -> None:
+    image = png_data_url(1024 * 1024 + 1)
+    parts = [
+        {"type": "text", "text": "Where was this taken, and what is the weather there?"},
+        {"type": "image_url", "image_url": {"url": image}},
+    ]
+    tool = {"type": "function", "function": {k: WEATHER[k] for k in ("name", "parameters")}}
+    body = {"messages": [{"role": "user", "content": parts}], "tools": [tool], "stream": True}
+    response = httpx.post(f"{scripted[1].url}/api/v1/openai/chat", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    data = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    events = [orjson.loads(item) for item in data[:-1]]
+    calls = [event["tool_call"] for event in events if "tool_call" in event]
+    assert calls[0]["name"] == "get_weather"
+    assert orjson.loads("".join(call["arguments"] for call in calls)) == WEATHER_ARGUMENTS
+    assert events[-1]["finish_reason"] == "tool_calls"
+    assert upstream.calls[0].json()["messages"][0]["content"][1]["image_url"]["url"] == image
 
 
 def test_sdk_models_retrieve_is_the_upstreams_entry(sdk: openai.OpenAI) -> None:

@@ -15,6 +15,7 @@ from llm_service.chat.schemas import (
     ChatResponse,
     ChatStreamDelta,
     ChatStreamEnd,
+    ChatStreamToolCallDelta,
     WireChatCompletion,
     WireChatRequest,
     WireEmbeddingList,
@@ -98,14 +99,25 @@ def _event_stream(
 
 
 _CHAT_STREAM = _sse_doc(
-    f"With `stream: true`: one `data:` event per delta ({ChatStreamDelta.__name__}: "
-    f"`id`, `model`, `delta`), then one with `finish_reason` and `usage` "
-    f"({ChatStreamEnd.__name__}), then `data: [DONE]`. If the upstream fails after the "
-    "stream began, an `event: error` whose data is a problem document ends it.",
+    f"With `stream: true`: one `data:` event per text delta ({ChatStreamDelta.__name__}: "
+    f"`id`, `model`, `delta`) or tool-call delta ({ChatStreamToolCallDelta.__name__}: "
+    "`id`, `model`, `tool_call: {index, id?, name?, arguments}`; `id` and `name` on the "
+    "first piece of each call, the `arguments` pieces of one `index` concatenated are its "
+    f"JSON arguments), then one with `finish_reason` and `usage` ({ChatStreamEnd.__name__}), "
+    "then `data: [DONE]`. If the upstream fails after the stream began, an `event: error` "
+    "whose data is a problem document ends it.",
     'data: {"id":"chatcmpl-1","model":"gpt-4o-mini","delta":"Hel"}\n\n'
     'data: {"id":"chatcmpl-1","model":"gpt-4o-mini","delta":"lo"}\n\n'
     'data: {"id":"chatcmpl-1","model":"gpt-4o-mini","finish_reason":"stop",'
     '"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}\n\n'
+    "data: [DONE]\n\n"
+    "\n(with tools)\n\n"
+    'data: {"id":"chatcmpl-2","model":"gpt-4o-mini","tool_call":{"index":0,'
+    '"id":"call_abc","name":"get_weather","arguments":""}}\n\n'
+    'data: {"id":"chatcmpl-2","model":"gpt-4o-mini","tool_call":{"index":0,'
+    '"arguments":"{\\"city\\":\\"Oslo\\"}"}}\n\n'
+    'data: {"id":"chatcmpl-2","model":"gpt-4o-mini","finish_reason":"tool_calls",'
+    '"usage":{"prompt_tokens":60,"completion_tokens":7,"total_tokens":67}}\n\n'
     "data: [DONE]\n\n",
 )
 _WIRE_STREAM = _sse_doc(

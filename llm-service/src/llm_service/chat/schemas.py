@@ -20,11 +20,115 @@ Integer = Annotated[int, BeforeValidator(_integral)]
 PositiveInteger = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
 
 
-class ChatMessage(BaseModel):
+class ChatTextPart(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    role: Literal["system", "user", "assistant"]
-    content: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+    type: Literal["text"]
+    text: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+
+
+class ChatImageURL(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    url: str = Field(min_length=1, description="An https:// URL or a base64 `data:` URL.")
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ChatImagePart(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["image_url"]
+    image_url: ChatImageURL
+
+
+ChatContentPart = Annotated[ChatTextPart | ChatImagePart, Field(discriminator="type")]
+
+
+class ChatFunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1)
+    arguments: str = Field(description="The arguments, a JSON object as a string.")
+
+
+class ChatToolCall(BaseModel):
+    """A call of one of the request's tools the model asked for."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: str
+    type: Literal["function"] = "function"
+    function: ChatFunctionCall
+
+
+class ChatMessage(BaseModel):
+    """A message: text or content parts (text, images); an assistant's earlier tool calls,
+    and a tool's result (`role: tool`, with the `tool_call_id` it answers)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: (
+        Annotated[str, Field(min_length=1, max_length=MAX_MESSAGE_CHARS)]
+        | Annotated[list[ChatContentPart], Field(min_length=1)]
+        | None
+    ) = Field(
+        default=None, description="Required, except on an assistant message with `tool_calls`."
+    )
+    tool_calls: list[ChatToolCall] | None = Field(
+        default=None, min_length=1, description="Assistant messages only."
+    )
+    tool_call_id: str | None = Field(default=None, description="Tool messages only (required).")
+
+    def text_size(self) -> int:
+        if isinstance(self.content, str):
+            return len(self.content)
+        return sum(len(part.text) for part in self.content or () if isinstance(part, ChatTextPart))
+
+    @model_validator(mode="after")
+    def _role_fields(self) -> "ChatMessage":
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("a message needs content (an assistant's may have tool_calls)")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only an assistant message has tool_calls")
+        if (self.tool_call_id is not None) != (self.role == "tool"):
+            raise ValueError("a tool message, and only a tool message, has a tool_call_id")
+        if self.text_size() > MAX_MESSAGE_CHARS:
+            raise ValueError(f"a message holds more than {MAX_MESSAGE_CHARS} characters")
+        return self
+
+
+class ChatFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="The arguments as a JSON Schema object."
+    )
+    strict: bool | None = None
+
+
+class ChatTool(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function"]
+    function: ChatFunction
+
+
+class ChatToolName(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1)
+
+
+class ChatNamedToolChoice(BaseModel):
+    """Call this tool."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function"]
+    function: ChatToolName
 
 
 class ChatRequest(BaseModel):
@@ -58,10 +162,17 @@ class ChatRequest(BaseModel):
     stream: bool = Field(
         default=False, description="Answer as server-sent events (`text/event-stream`)."
     )
+    tools: list[ChatTool] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="Functions the model may call; its calls come back as `tool_calls`.",
+    )
+    tool_choice: Literal["auto", "none", "required"] | ChatNamedToolChoice | None = None
 
     @model_validator(mode="after")
     def _total_size(self) -> "ChatRequest":
-        if sum(len(message.content) for message in self.messages) > MAX_TOTAL_CHARS:
+        if sum(message.text_size() for message in self.messages) > MAX_TOTAL_CHARS:
             raise ValueError(f"the messages hold more than {MAX_TOTAL_CHARS} characters in all")
         return self
 
@@ -69,6 +180,11 @@ class ChatRequest(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    tool_calls: list[ChatToolCall] | None = Field(
+        default=None,
+        exclude_if=lambda calls: calls is None,
+        description="The tools the model calls (`finish_reason: tool_calls`); absent otherwise.",
+    )
 
 
 class Usage(BaseModel):
@@ -108,6 +224,21 @@ class ChatStreamDelta(BaseModel):
     id: str
     model: str
     delta: str
+
+
+class ChatStreamToolCall(BaseModel):
+    index: int = Field(description="Which call of this reply the piece belongs to.")
+    id: str | None = Field(default=None, description="On the first piece of each call.")
+    name: str | None = Field(default=None, description="On the first piece of each call.")
+    arguments: str = Field(description="The next piece of the call's JSON arguments.")
+
+
+class ChatStreamToolCallDelta(BaseModel):
+    """One `data:` event of a streamed chat: a piece of a tool call."""
+
+    id: str
+    model: str
+    tool_call: ChatStreamToolCall
 
 
 class ChatStreamEnd(BaseModel):

@@ -14,9 +14,11 @@ from llm_service.chat.guards import Guards
 from llm_service.chat.retry import UPSTREAM_FAILURES
 from llm_service.chat.schemas import (
     AssistantMessage,
+    ChatFunctionCall,
     ChatRequest,
     ChatResponse,
     ChatStreamEnd,
+    ChatToolCall,
     Usage,
 )
 from llm_service.chat.upstream import OpenStream, UpstreamCall, UpstreamClient
@@ -50,14 +52,13 @@ class ChatService:
 
     def _body(self, request: ChatRequest, model: str) -> bytes:
         self._guards.check_max_tokens(max_tokens=request.max_tokens)
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": [message.model_dump() for message in request.messages],
-        }
-        if request.temperature is not None:
-            body["temperature"] = request.temperature
-        if request.max_tokens is not None:
-            body["max_tokens"] = request.max_tokens
+        body: dict[str, Any] = {"model": model}
+        body.update(
+            request.model_dump(
+                include={"messages", "temperature", "max_tokens", "tools", "tool_choice"},
+                exclude_none=True,
+            )
+        )
         if request.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -90,16 +91,42 @@ def _chat_response(payload: dict[str, Any], model: str) -> ChatResponse:
     return ChatResponse(
         id=payload["id"],
         model=payload.get("model") or model,
-        message=AssistantMessage(content=message.get("content") or message.get("refusal") or ""),
+        message=AssistantMessage(
+            content=message.get("content") or message.get("refusal") or "",
+            tool_calls=[_tool_call(call) for call in message["tool_calls"]]
+            if message.get("tool_calls")
+            else None,
+        ),
         finish_reason=choice.get("finish_reason"),
         usage=Usage.model_validate(usage) if usage else None,
     )
 
 
+def _tool_call(call: dict[str, Any]) -> ChatToolCall:
+    function = call["function"]
+    return ChatToolCall(
+        id=call["id"],
+        function=ChatFunctionCall(name=function["name"], arguments=function["arguments"]),
+    )
+
+
+def _tool_call_piece(call: dict[str, Any]) -> dict[str, Any]:
+    """A streamed tool-call delta as our event's `tool_call`: its `id` and `name` come on
+    the first piece of each call only."""
+    function = call.get("function") or {}
+    piece = {"index": call.get("index", 0), "arguments": function.get("arguments") or ""}
+    if call.get("id"):
+        piece["id"] = call["id"]
+    if function.get("name"):
+        piece["name"] = function["name"]
+    return piece
+
+
 @dataclass(slots=True)
 class _ChatStream:
     """The upstream's `chat.completion.chunk` events read so far, turned into ours: one
-    per delta of the first choice, and a last one with `finish_reason` and `usage`."""
+    per text delta or tool-call delta of the first choice, and a last one with
+    `finish_reason` and `usage`."""
 
     ident: str
     model: str
@@ -121,8 +148,13 @@ class _ChatStream:
         for choice in chunk.get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue
-            if text := (choice.get("delta") or {}).get("content"):
+            delta = choice.get("delta") or {}
+            if text := delta.get("content"):
                 yield sse.data_event({"id": self.ident, "model": self.model, "delta": text})
+            for call in delta.get("tool_calls") or ():
+                yield sse.data_event(
+                    {"id": self.ident, "model": self.model, "tool_call": _tool_call_piece(call)}
+                )
             self.finish = choice.get("finish_reason") or self.finish
 
     def end(self) -> bytes:
