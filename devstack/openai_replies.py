@@ -7,6 +7,7 @@ simplest instance of the tool's JSON schema, a unit vector seeded by the input's
 """
 
 import base64
+import functools
 import hashlib
 import itertools
 import math
@@ -23,6 +24,7 @@ import orjson
 from devstack.openai_faults import Reply, error_reply
 
 EMBEDDING_DIMENSIONS = 1536
+MAX_EMBEDDING_DIMENSIONS = 3072
 _PIECE = re.compile(r"\s*\S+")
 _JSON_PIECE = re.compile(r".{1,8}", re.DOTALL)
 _MAX_SCHEMA_DEPTH = 16
@@ -278,6 +280,9 @@ def embeddings_reply(body: bytes) -> Reply:
     if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
         inputs = [inputs]
     dimensions = _count(request.get("dimensions"), EMBEDDING_DIMENSIONS) or EMBEDDING_DIMENSIONS
+    if dimensions > MAX_EMBEDDING_DIMENSIONS:
+        message = f"dimensions must be at most {MAX_EMBEDDING_DIMENSIONS}."
+        return error_reply(400, message, "invalid_value", "dimensions")
     as_base64 = request.get("encoding_format") == "base64"
     data = []
     for index, text in enumerate(inputs):
@@ -293,6 +298,7 @@ def embeddings_reply(body: bytes) -> Reply:
     )
 
 
+@functools.lru_cache(maxsize=1024)
 def _unit_vector(seed: bytes, dimensions: int) -> list[float]:
     rng = random.Random(hashlib.sha256(seed).digest())  # noqa: S311 - test data, not secrets
     values = [rng.gauss(0, 1) for _ in range(dimensions)]

@@ -6,6 +6,8 @@ MAX_TOTAL_CHARS = 512_000
 """Characters of text in all messages of one request."""
 MAX_EMBEDDING_INPUTS = 2048
 """Inputs of one embeddings request (OpenAI's own limit)."""
+MAX_EMBEDDING_DIMENSIONS = 3072
+"""`dimensions` of an embedding (OpenAI's largest model's)."""
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 INITIAL_RETRY_WAIT = 0.5

@@ -1,8 +1,10 @@
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, model_validator
+from pydantic.config import JsonDict
 
 from llm_service.chat.constants import (
+    MAX_EMBEDDING_DIMENSIONS,
     MAX_EMBEDDING_INPUTS,
     MAX_MESSAGE_CHARS,
     MAX_MESSAGES,
@@ -61,11 +63,54 @@ class ChatToolCall(BaseModel):
     function: ChatFunctionCall
 
 
+_CONTENT: JsonDict = {"type": ["string", "array"]}
+# What each role may carry, for the schema's readers (the validator below enforces it):
+# a property given `false` must be absent.
+_ROLE_SHAPES: list[JsonValue] = [
+    {
+        "properties": {
+            "role": {"enum": ["system", "user"]},
+            "content": _CONTENT,
+            "tool_calls": False,
+            "tool_call_id": False,
+        },
+        "required": ["content"],
+    },
+    {
+        "properties": {
+            "role": {"const": "assistant"},
+            "content": _CONTENT,
+            "tool_call_id": False,
+        },
+        "required": ["content"],
+    },
+    {
+        "properties": {
+            "role": {"const": "assistant"},
+            "tool_calls": {"type": "array"},
+            "tool_call_id": False,
+        },
+        "required": ["tool_calls"],
+    },
+    {
+        "properties": {
+            "role": {"const": "tool"},
+            "content": _CONTENT,
+            "tool_calls": False,
+            "tool_call_id": {"type": "string"},
+        },
+        "required": ["content", "tool_call_id"],
+    },
+]
+
+
 class ChatMessage(BaseModel):
     """A message: text or content parts (text, images); an assistant's earlier tool calls,
     and a tool's result (`role: tool`, with the `tool_call_id` it answers)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"anyOf": _ROLE_SHAPES}
+    )
 
     role: Literal["system", "user", "assistant", "tool"]
     content: (
@@ -547,7 +592,9 @@ class WireEmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] | None = Field(
         default=None, description="`float` (the upstream's default) or `base64`."
     )
-    dimensions: PositiveInteger | None = None
+    dimensions: (
+        Annotated[int, Field(ge=1, le=MAX_EMBEDDING_DIMENSIONS), BeforeValidator(_integral)] | None
+    ) = None
     user: str | None = None
 
     @model_validator(mode="after")
