@@ -21,6 +21,7 @@ from bench.report import Row, ms, pair_ms, rate
 from bench.stack import Skip, Stack, http_get, http_send, wait_http
 from bench.upstream import SLOW_STREAM_PATH
 from devstack.postgres import free_port
+from gateway.keys import Scope, file_entry, new_key
 
 MODEL = "gpt-4o-mini"
 JSON_HEADER = ("Content-Type: application/json",)
@@ -159,14 +160,14 @@ class Bench:
     def upstream(self) -> str:
         return self.stack.python_app("upstream", "bench.upstream:create_app")
 
-    def gateway_to_upstream(self, key: str = "gateway-upstream") -> str:
+    def gateway_to_upstream(self, key: str = "gateway-upstream", auth: bool = False) -> str:
         upstream = self.upstream()
         env = {
             "AUDITS_SERVICE_URL": upstream,
             "LLM_SERVICE_URL": upstream,
             "RATE_LIMIT_LLM_PER_MINUTE": "0",
         }
-        return self.stack.service(key, "gateway", env).url
+        return self.stack.service(key, "gateway", self.with_auth(env) if auth else env).url
 
     def audits(self, key: str = "audits", database: str = "bench") -> str:
         url = self.stack.service_database(database)
@@ -185,8 +186,27 @@ class Bench:
         }
         return self.stack.service(key, "llm", env).url
 
-    def gateway_real(self, key: str = "gateway") -> str:
-        """The gateway in front of the real audits and llm services."""
+    def api_key(self) -> tuple[str, str]:
+        """A keys file admitting one key with every scope and a requests-per-minute limit
+        no run reaches (its counter still runs on every request); (file, key)."""
+
+        def build() -> tuple[str, str]:
+            key = new_key()
+            scopes = list(Scope)
+            entry = file_entry("bench", key, scopes, {"requests_per_minute": 1_000_000_000})
+            path = self.stack.workdir / "api-keys.json"
+            path.write_text(json.dumps([entry]))
+            return str(path), key
+
+        made: tuple[str, str] = self.once("api-key", build)
+        return made
+
+    def with_auth(self, env: dict[str, str]) -> dict[str, str]:
+        return {**env, "AUTH_MODE": "api_key", "API_KEYS_FILE": self.api_key()[0]}
+
+    def gateway_real(self, key: str = "gateway", auth: bool = False) -> str:
+        """The gateway in front of the real audits and llm services (`auth`: with
+        `AUTH_MODE=api_key`, see `api_key`)."""
 
         def build() -> str:
             env = {
@@ -194,7 +214,7 @@ class Bench:
                 "LLM_SERVICE_URL": self.llm(),
                 "RATE_LIMIT_LLM_PER_MINUTE": "0",
             }
-            return self.stack.service(key, "gateway", env).url
+            return self.stack.service(key, "gateway", self.with_auth(env) if auth else env).url
 
         url: str = self.once(key, build)
         return url
@@ -388,6 +408,56 @@ def proxy(bench: Bench) -> list[Row]:
         ),
         p99_factor=2,
         judge_reference=False,
+    )
+
+
+def proxy_auth(bench: Bench) -> list[Row]:
+    path = "/api/v1/audits/bench-item"
+    plain = bench.gateway_to_upstream()
+    guarded = bench.gateway_to_upstream("gateway-upstream-auth", auth=True)
+    bearer = f"Authorization: Bearer {bench.api_key()[1]}"
+    get_ok(plain + path, f"gateway GET {path} (to the trivial upstream)")
+    return bench.compare(
+        (
+            "proxy-auth",
+            "the proxy row's gateway with AUTH_MODE=api_key (a key with a request limit)",
+            "the same gateway, AUTH_MODE=none",
+            "≥0.9",
+        ),
+        (
+            bench.http(Target(plain + path), watch=("gateway-upstream", "upstream")),
+            bench.http(
+                Target(guarded + path, headers=(bearer,)),
+                watch=("gateway-upstream-auth", "upstream"),
+            ),
+        ),
+        0.9,
+        cpu=({"gateway": "gateway-upstream-auth"}, {"gateway": "gateway-upstream"}),
+    )
+
+
+def audits_get_auth(bench: Bench) -> list[Row]:
+    gateway = bench.gateway_real()
+    guarded = bench.gateway_real("gateway-auth", auth=True)
+    bearer = f"Authorization: Bearer {bench.api_key()[1]}"
+    created = post_ok(
+        gateway + "/api/v1/audits", json.dumps(AUDIT_BODY), 201, "gateway POST /api/v1/audits"
+    )
+    path = f"/api/v1/audits/{json.loads(created)['id']}"
+    get_ok(gateway + path, f"gateway GET {path}")
+    return bench.compare(
+        (
+            "audits-get-auth",
+            "GET /api/v1/audits/{id} through the gateway, AUTH_MODE=api_key",
+            "the same, AUTH_MODE=none",
+            "≥0.9",
+        ),
+        (
+            bench.http(Target(gateway + path), watch=("gateway", "audits")),
+            bench.http(Target(guarded + path, headers=(bearer,)), watch=("gateway-auth", "audits")),
+        ),
+        0.9,
+        cpu=({"gateway": "gateway-auth"}, {"gateway": "gateway"}),
     )
 
 
@@ -1002,8 +1072,10 @@ def cold_start(bench: Bench) -> list[Row]:
 
 ROWS: list[tuple[str, Callable[[Bench], list[Row]], str]] = [
     ("proxy", proxy, "trivial upstream behind the gateway vs direct"),
+    ("proxy-auth", proxy_auth, "the proxy row's gateway with access control on vs off"),
     ("nginx", nginx, "trivial upstream behind nginx (reference)"),
     ("audits-get", audits_get, "GET /api/v1/audits/{id} via the gateway vs direct"),
+    ("audits-get-auth", audits_get_auth, "GET /api/v1/audits/{id} with access control on vs off"),
     ("audits-post", audits_post, "POST /api/v1/audits vs raw asyncpg INSERT … RETURNING"),
     ("trail-post", audits_post_trail, "POST with the audit trail vs with it off"),
     ("trail-verify", audits_verify, "verify over 1,000,000 sealed events"),

@@ -122,7 +122,9 @@ async def test_public_routes_stay_public(keys: Keys) -> None:
             assert (await gateway.get(path)).status_code == 200, path
 
 
-async def test_the_key_is_consumed_and_the_client_id_set(keys: Keys) -> None:
+async def test_the_key_is_consumed_and_the_client_id_set(
+    keys: Keys, capsys: pytest.CaptureFixture[str]
+) -> None:
     async with guarded(keys) as gateway:
         reader = keys.clear["audits-read"]
         for headers in (
@@ -138,6 +140,10 @@ async def test_the_key_is_consumed_and_the_client_id_set(keys: Keys) -> None:
             assert seen.headers["x-client-id"] == "audits-read"
             assert "authorization" not in seen.headers
             assert "x-api-key" not in seen.headers
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    access = [line for line in lines if line.get("message") == "request"]
+    assert [line.get("client_id") for line in access] == ["audits-read"] * 3
+    assert keys.clear["audits-read"] not in json.dumps(lines)
 
 
 @pytest.mark.parametrize(
@@ -204,6 +210,12 @@ async def test_requests_per_minute_per_key_with_ratelimit_headers(keys: Keys) ->
         assert_problem(answers[3], 429, "rate_limited")
         assert 1 <= int(answers[3].headers["retry-after"]) <= 60
         assert len(gateway.audits.requests) == 3
+        exposed = answers[0].headers.get("access-control-expose-headers", "")
+        assert exposed == ""  # no Origin, no CORS headers
+        cors = await gateway.get(
+            "/api/v1/audits", headers={**bearer(key), "Origin": "https://app.example"}
+        )
+        assert "RateLimit-Remaining" in cors.headers["access-control-expose-headers"]
         # Another key has its own budget; a key without limits gets no RateLimit headers.
         other = await gateway.get("/api/v1/audits", headers=bearer(keys.clear["audits-read"]))
         assert other.status_code == 200

@@ -16,7 +16,7 @@ from gateway.keys import KeyStore
 from gateway.metrics import metrics_listener
 from gateway.openapi import DOCS_ASSETS_URL, OpenAPICache, docs_assets, docs_router
 from gateway.proxy import ProxyMiddleware
-from gateway.proxy.access import AccessControl, Counters
+from gateway.proxy.access import ACCESS_CONTROL_HEADERS, AccessControl, Counters
 from gateway.ratelimit import MemoryRateLimiter, NoRateLimit, RateLimiter, RedisRateLimiter
 from gateway.root import DESCRIPTION
 from gateway.root import router as root_router
@@ -157,7 +157,11 @@ def create_app(
         allow_origins=["*"],
         allow_methods=["*"],
         allow_headers=["*"],
-        expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+        expose_headers=[
+            REQUEST_ID_HEADER,
+            "Retry-After",
+            *(ACCESS_CONTROL_HEADERS if settings.auth_mode == "api_key" else ()),
+        ],
         allow_credentials=False,
     )
     install_servicekit(

@@ -11,11 +11,10 @@ limit for a moment is better than losing the platform.
 import math
 import time
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import FixedWindowRateLimiter
 from limits.errors import StorageError
 from loguru import logger
 from redis.asyncio import ConnectionPool
@@ -29,6 +28,13 @@ _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # never travels in a URL that proxies and browsers keep in their logs and history.
 _KEY_QUERY_PARAMETERS = frozenset({b"api_key", b"apikey", b"key", b"access_token"})
 _CHALLENGE = 'Bearer realm="api"'
+# What a browser client on another origin may read of an answer when access control is on.
+ACCESS_CONTROL_HEADERS = (
+    "WWW-Authenticate",
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+    "RateLimit-Reset",
+)
 
 
 def required_scope(upstream: str, method: str) -> Scope:
@@ -70,19 +76,27 @@ def _per_minute(amount: int, namespace: str) -> RateLimitItem:
     return RateLimitItemPerMinute(amount, namespace=namespace)
 
 
+@lru_cache(maxsize=65_536)
+def _window_key(item: RateLimitItem, name: str) -> str:
+    return item.key_for(name)
+
+
 class Counters:
-    """Fixed one-minute windows, failing open when their storage fails."""
+    """Fixed one-minute windows, failing open when their storage fails.
+
+    The fixed-window strategy is "increment, then compare with the limit"; the storage's own
+    `incr` (atomic with its expiry, a Lua script in Redis) returns the count, which with the
+    window's expiry is all the `RateLimit-*` headers need: two storage calls per hit."""
 
     def __init__(self, redis_url: str | None) -> None:
         self._pool: ConnectionPool | None = None
-        storage: Storage
         if redis_url is None:
-            storage = MemoryStorage()
+            self._storage: Storage = MemoryStorage()
         else:
             self._pool = ConnectionPool.from_url(
                 redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
             )
-            storage = RedisStorage(
+            self._storage = RedisStorage(
                 f"async+{redis_url}",
                 implementation="redispy",
                 wrap_exceptions=True,
@@ -90,27 +104,28 @@ class Counters:
                 # The library passes it on to redis-py, which takes a pool here.
                 connection_pool=self._pool,  # type: ignore[arg-type]
             )
-        self._windows = FixedWindowRateLimiter(storage)
 
     async def hit(self, item: RateLimitItem, name: str, cost: int = 1) -> Quota | None:
-        """Counts `cost` and returns what is left (remaining 0 and over: refused); None when
-        the storage failed."""
+        """Counts `cost` and returns what is left (below 0: over the limit); None when the
+        storage failed."""
+        key = _window_key(item, name)
         try:
-            allowed = await self._windows.hit(item, name, cost=cost)
-            stats = await self._windows.get_window_stats(item, name)
+            count = await self._storage.incr(key, item.get_expiry(), amount=cost)
+            reset = await self._storage.get_expiry(key)
         except StorageError as exc:
             logger.warning("rate limit storage unavailable, request allowed", error=str(exc))
             return None
-        remaining = stats.remaining if allowed else -1
-        return Quota(item.amount, remaining, _seconds_until(stats.reset_time))
+        return Quota(item.amount, item.amount - count, _seconds_until(reset))
 
     async def peek(self, item: RateLimitItem, name: str) -> Quota | None:
+        key = _window_key(item, name)
         try:
-            stats = await self._windows.get_window_stats(item, name)
+            count = await self._storage.get(key)
+            reset = await self._storage.get_expiry(key)
         except StorageError as exc:
             logger.warning("rate limit storage unavailable, request allowed", error=str(exc))
             return None
-        return Quota(item.amount, stats.remaining, _seconds_until(stats.reset_time))
+        return Quota(item.amount, max(item.amount - count, 0), _seconds_until(reset))
 
     async def aclose(self) -> None:
         if self._pool is not None:
