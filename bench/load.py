@@ -70,6 +70,16 @@ def _lua_string(value: str) -> str:
     return "[==[" + value + "]==]"
 
 
+def _with_cpu(load: Load, before: Mapping[str, float], after: Mapping[str, float]) -> Load:
+    """`load` with the CPU time per request of each watched process, `cpu_<name>_us`."""
+    per_request = {
+        f"cpu_{name}_us": (after[name] - before[name]) / max(load.requests, 1) * 1e6
+        for name in before
+        if name in after
+    }
+    return replace(load, extra={**load.extra, **per_request})
+
+
 def _from_json(tool: str, raw: dict[str, float | None]) -> Load:
     extra = {
         k: v for k, v in raw.items() if k.endswith(("_ms", "_us")) and k not in ("p50_ms", "p99_ms")
@@ -120,13 +130,7 @@ class LoadRunner:
             load = self._wrk(target, concurrency, duration)
         else:
             load = self.python_client(target, concurrency, duration)
-        after = _cpu_seconds(watch or {})
-        per_request = {
-            f"cpu_{name}_us": (after[name] - before[name]) / max(load.requests, 1) * 1e6
-            for name in before
-            if name in after
-        }
-        return replace(load, extra={**load.extra, **per_request})
+        return _with_cpu(load, before, _cpu_seconds(watch or {}))
 
     def _wrk(self, target: Target, concurrency: int, duration: float) -> Load:
         assert self.wrk is not None
@@ -192,10 +196,19 @@ class LoadRunner:
             command.append("--once")
         return _from_json("python", _last_json(self.stack.tool(command, duration + 120)))
 
-    def module(self, module: str, args: Sequence[str], duration: float) -> Load:
-        """A reference client of ours (`bench.sdkclient`, `bench.pgclient`) as a process."""
+    def module(
+        self,
+        module: str,
+        args: Sequence[str],
+        duration: float,
+        watch: Mapping[str, int] | None = None,
+    ) -> Load:
+        """A client of ours (`bench.sdkclient`, `bench.pgclient`) as a process; `watch` as
+        in `http`."""
+        before = _cpu_seconds(watch or {})
         command = [sys.executable, "-m", module, *args, "--duration", str(duration)]
-        return _from_json(module, _last_json(self.stack.tool(command, duration + 120)))
+        load = _from_json(module, _last_json(self.stack.tool(command, duration + 120)))
+        return _with_cpu(load, before, _cpu_seconds(watch or {}))
 
 
 def median_load(loads: Sequence[Load]) -> Load:

@@ -24,6 +24,7 @@ from devstack.postgres import free_port
 from gateway.keys import Scope, file_entry, new_key
 
 MODEL = "gpt-4o-mini"
+EMBEDDING_MODEL = "text-embedding-3-small"
 JSON_HEADER = ("Content-Type: application/json",)
 AUDIT_BODY = {
     "action": "create",
@@ -183,6 +184,7 @@ class Bench:
             "OPENAI_API_KEY": "sk-bench",
             "OPENAI_BASE_URL": self.standin() + "/v1",
             "OPENAI_MODEL": MODEL,
+            "OPENAI_ALLOWED_MODELS": EMBEDDING_MODEL,
         }
         return self.stack.service(key, "llm", env).url
 
@@ -319,13 +321,23 @@ class Bench:
         return lambda duration: self.runner.http(target, c, duration, pids)
 
     def sdk(
-        self, base_url: str, stream: bool, concurrency: int | None = None, key: str = "sk-bench"
+        self,
+        base_url: str,
+        stream: bool,
+        concurrency: int | None = None,
+        key: str = "sk-bench",
+        kind: str = "chat",
+        watch: tuple[str, ...] = (),
     ) -> Callable[[float], Load]:
-        args = ["--base-url", base_url, "--model", MODEL, "--api-key", key]
+        """A `bench.sdkclient` run of `kind` (`chat`, `embeddings`, `responses`); `watch`
+        as in `http`."""
+        model = EMBEDDING_MODEL if kind == "embeddings" else MODEL
+        args = ["--base-url", base_url, "--model", model, "--api-key", key, "--kind", kind]
         args += ["--concurrency", str(concurrency or self.settings.concurrency)]
         if stream:
             args.append("--stream")
-        return lambda duration: self.runner.module("bench.sdkclient", args, duration)
+        pids = {name: self.stack.pid(name) for name in watch}
+        return lambda duration: self.runner.module("bench.sdkclient", args, duration, pids)
 
     def pair(
         self, reference: Callable[[float], Load], subject: Callable[[float], Load]
@@ -896,6 +908,41 @@ def llm_gateway(bench: Bench) -> list[Row]:
     )
 
 
+def _sdk_via_gateway(bench: Bench, key: str, kind: str, stream: bool, wanted: float) -> list[Row]:
+    """The official SDK's `kind` call through gateway → llm-service → stand-in, next to the
+    same SDK calling the stand-in directly: the same client on both sides, so the ratio is
+    what the two hops cost."""
+    standin = bench.standin()
+    bench.llm()
+    gateway = bench.gateway_real()
+    what = f"{kind}, streaming" if stream else kind
+    return bench.compare(
+        (
+            key,
+            f"openai SDK → gateway → llm-service, {what}",
+            f"openai SDK → stand-in direct, {what}",
+            f"≥{wanted}",
+        ),
+        (
+            bench.sdk(standin + "/v1", stream, kind=kind),
+            bench.sdk(gateway + "/api/v1/openai/v1", stream, kind=kind, watch=("gateway", "llm")),
+        ),
+        wanted,
+        cpu=(
+            {"gateway": "gateway", "llm": "llm", "SDK client": "client"},
+            {"SDK client": "client"},
+        ),
+    )
+
+
+def llm_embeddings(bench: Bench) -> list[Row]:
+    return _sdk_via_gateway(bench, "llm-embeddings", "embeddings", stream=False, wanted=0.8)
+
+
+def llm_responses_stream(bench: Bench) -> list[Row]:
+    return _sdk_via_gateway(bench, "llm-responses", "responses", stream=True, wanted=0.9)
+
+
 def litellm(bench: Bench) -> list[Row]:
     binary = shutil.which("litellm")
     if binary is None:
@@ -1086,6 +1133,8 @@ ROWS: list[tuple[str, Callable[[Bench], list[Row]], str]] = [
     ("llm-stream", llm_stream, "llm-service streaming vs the SDK direct"),
     ("llm-ttfc", llm_ttfc, "added time to first chunk at concurrency 1"),
     ("llm-gateway", llm_gateway, "gateway → llm-service plain vs the SDK direct"),
+    ("llm-embeddings", llm_embeddings, "SDK embeddings via the gateway vs direct"),
+    ("llm-responses", llm_responses_stream, "SDK Responses stream via the gateway vs direct"),
     ("litellm", litellm, "LiteLLM proxy (reference)"),
     ("memory-idle", memory_idle, "idle RSS of each service"),
     ("memory-streams", memory_streams, "gateway RSS with 1,000 concurrent slow streams"),

@@ -4,7 +4,9 @@ The limit is enforced where the route reads its body: `receive` raises a 413 `HT
 once the declared `Content-Length` or the bytes received so far go over it, so the route's
 own error rendering answers it (on an OpenAI-compatible route, with OpenAI's `error`
 object) and nothing past the limit is ever buffered. A route that reads no body is not
-affected.
+affected. (Starlette's `RequestBodyLimitMiddleware`, behind FastAPI's `max_body_size`,
+replaces any response to a request declaring too long a body with a plain-text 413, which
+is not a problem document and does not say the limit.)
 """
 
 from starlette.exceptions import HTTPException
