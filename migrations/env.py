@@ -5,7 +5,7 @@ wins over the environment.
 """
 
 import asyncio
-from logging.config import fileConfig
+import os
 
 from alembic import context
 from sqlalchemy import pool
@@ -16,10 +16,13 @@ from audits_service.audits import models  # noqa: F401  (registers the tables)
 from audits_service.config import Settings, normalise_database_url
 from audits_service.database import Base
 from audits_service.trail import models as trail_models  # noqa: F401
+from servicekit.logs import configure_logging
 
 config = context.config
-if config.config_file_name is not None and config.attributes.get("configure_logger", True):
-    fileConfig(config.config_file_name, disable_existing_loggers=False)
+if config.attributes.get("configure_logger", True):
+    # JSON lines like every service's, so that the migrations one-shot's output is collected
+    # and parsed with theirs.
+    configure_logging("migrations", os.environ.get("LOG_LEVEL", "INFO"))
 
 target_metadata = Base.metadata
 

@@ -264,7 +264,7 @@ def test_sigterm_stops_the_service_within_its_grace_finishing_in_flight_requests
 
 
 def test_every_log_line_of_every_service_is_json(keyed: Stack) -> None:
-    for service in SERVICES:
+    for service in [*SERVICES, *ONE_SHOTS]:
         lines = keyed.logs(service)
         assert lines, service
         for line in lines:

@@ -16,9 +16,11 @@ import os
 import sys
 
 import asyncpg
+from loguru import logger
 from sqlalchemy.engine import make_url
 
 from audits_service.config import normalise_database_url
+from servicekit.logs import configure_logging
 
 SERVICE_GROUP = "audits_app"
 DEFAULT_LOGIN = "audits_service"
@@ -53,13 +55,14 @@ def service_url(admin_url: str, login: str, password: str | None) -> str:
 
 
 def main() -> int:
+    configure_logging("audits-role", os.environ.get("LOG_LEVEL", "INFO"))
     admin_url = os.environ.get("DATABASE_URL")
     if not admin_url:
-        print("DATABASE_URL is required", file=sys.stderr)
+        logger.error("DATABASE_URL is required")
         return 2
     login = os.environ.get("AUDITS_DB_USER", DEFAULT_LOGIN)
     asyncio.run(ensure_login_role(admin_url, login, os.environ.get("AUDITS_DB_PASSWORD")))
-    print(f"login role {login} is a member of {SERVICE_GROUP}")
+    logger.info("login role is a member of the service group", login=login, group=SERVICE_GROUP)
     return 0
 
 
