@@ -10,6 +10,7 @@ import pytest
 from audits_testkit import AUDITS, app_client, record
 
 from audits_service.audits.constants import AuditAction, AuditStatus
+from audits_service.audits.schemas import AuditRecordPage, AuditRecordResponse
 from audits_service.config import Settings
 from audits_service.main import create_app
 from devstack.postgres import free_port
@@ -42,6 +43,28 @@ async def test_create_returns_201_location_and_the_record(client: httpx.AsyncCli
     fetched = await client.get(response.headers["location"])
     assert fetched.status_code == 200
     assert fetched.json() == created
+
+
+async def test_every_response_is_what_the_response_model_serialises(
+    client: httpx.AsyncClient,
+) -> None:
+    """Bodies are rendered from the rows, not through the model: they must still be exactly
+    the model's JSON, whichever route answers."""
+    metadata = {"f": 0.5, "big": 2**70, "text": "é\u2028", "nested": {"list": [1, None, True]}}
+    created = await client.post(AUDITS, json=record(metadata=metadata, ip_address="::1"))
+    assert created.status_code == 201
+    body = created.json()
+    path = f"{AUDITS}/{body['id']}"
+    updated = await client.put(path, json={"description": "changed"})
+    read = await client.get(path)
+    page = await client.get(AUDITS, params={"actor": body["actor"], "limit": 50})
+    answers = [created.json(), updated.json(), read.json(), *page.json()["items"]]
+    for answer in answers:
+        assert answer == AuditRecordResponse.model_validate(answer).model_dump(mode="json")
+        assert list(answer) == list(AuditRecordResponse.model_fields)
+    assert answers[1:] == [read.json()] * 3
+    assert read.json()["metadata"] == metadata
+    assert AuditRecordPage.model_validate(page.json()).total == 1
 
 
 async def test_defaults_and_generated_request_id(client: httpx.AsyncClient) -> None:

@@ -1,9 +1,11 @@
-"""The connection pool: first come, first served, bounded by DB_POOL_TIMEOUT, and never in
-the way of a request that needs no database."""
+"""The connection pool: first come, first served, bounded by DB_POOL_TIMEOUT, overflow
+connections kept while the load needs them, and never in the way of a request that needs no
+database."""
 
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 
 import asyncpg
 import pytest
@@ -11,10 +13,10 @@ from alembic import command
 from audits_testkit import AUDITS, alembic_config, app_client, record
 from sqlalchemy import event, text
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from audits_service.config import Settings
-from audits_service.database import create_engine
+from audits_service.config import Settings, normalise_database_url
+from audits_service.database import FairQueuePool, create_engine
 from audits_service.main import create_app
 from testkit.checks import assert_problem
 
@@ -81,6 +83,46 @@ async def test_no_free_connection_within_the_pool_timeout_is_a_pool_timeout(
     assert POOL_TIMEOUT * 0.9 <= waited < POOL_TIMEOUT + 1.0
     async with engine.connect() as connection:
         assert (await connection.execute(text("SELECT 1"))).scalar_one() == 1
+
+
+async def test_overflow_connections_stay_open_while_the_load_needs_them(
+    audits_database_url: str,
+) -> None:
+    engine = create_async_engine(
+        normalise_database_url(audits_database_url),
+        poolclass=FairQueuePool,
+        pool_size=1,
+        max_overflow=2,
+        overflow_linger=0.5,
+        isolation_level="AUTOCOMMIT",
+    )
+    pool = engine.sync_engine.pool
+    assert isinstance(pool, FairQueuePool)
+    opened: list[object] = []
+    event.listen(pool, "connect", lambda connection, _record: opened.append(connection))
+
+    async def use(count: int) -> None:
+        async with AsyncExitStack() as stack:
+            for _ in range(count):
+                connection = await stack.enter_async_context(engine.connect())
+                await connection.execute(text("SELECT 1"))
+
+    try:
+        for _ in range(3):  # a load of three, beyond the pool's one
+            await use(3)
+        assert len(opened) == 3
+        assert (pool.checkedin(), pool.overflow()) == (3, 2)
+
+        await asyncio.sleep(0.6)  # no more than one in use for longer than the linger
+        for _ in range(3):
+            await use(1)
+        assert (pool.checkedin(), pool.overflow()) == (1, 0)
+        assert len(opened) == 3
+    finally:
+        await engine.dispose()
+    recreated = engine.sync_engine.pool
+    assert isinstance(recreated, FairQueuePool)
+    assert (recreated.size(), recreated.overflow()) == (1, -1)
 
 
 async def test_with_every_connection_busy_invalid_input_is_422_at_once_and_reads_wait(

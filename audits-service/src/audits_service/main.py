@@ -5,12 +5,12 @@ from typing import TypedDict
 
 from fastapi import FastAPI
 from loguru import logger
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from audits_service import __version__
 from audits_service.audits.router import router as audits_router
 from audits_service.config import Settings
-from audits_service.database import create_engine, create_sessionmaker
+from audits_service.database import create_engine
 from audits_service.health import database_ready, migration_head
 from audits_service.health import router as database_health_router
 from audits_service.trail.maintenance import background_jobs
@@ -27,7 +27,6 @@ from servicekit import (
 class State(TypedDict):
     settings: Settings
     engine: AsyncEngine
-    sessionmaker: async_sessionmaker[AsyncSession]
     migration_head: str | None
 
 
@@ -47,7 +46,6 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
             yield {
                 "settings": settings,
                 "engine": engine,
-                "sessionmaker": create_sessionmaker(engine),
                 "migration_head": head,
             }
     finally:

@@ -20,7 +20,7 @@ IdempotencyTtlDep = Annotated[timedelta, Depends(get_idempotency_ttl)]
 
 async def get_engine(request: Request) -> AsyncEngine:
     """The engine itself, for work that outlives the route (a streamed export checks a
-    connection out per chunk, after `SessionDep`'s session has closed)."""
+    connection out per chunk, after the route has returned)."""
     engine: AsyncEngine = request.state.engine
     return engine
 

@@ -23,7 +23,7 @@ from audits_service.audits.schemas import (
     AuditRecordResponse,
     AuditRecordUpdate,
 )
-from audits_service.database import SessionDep
+from audits_service.database import DatabaseDep
 from servicekit import current_client_id, current_request_id, problem_responses
 from servicekit.jsonbody import StrictJSONRoute
 
@@ -59,9 +59,23 @@ _REPLAYED = {
 }
 
 
+def _json(body: bytes, status_code: int = status.HTTP_200_OK) -> Response:
+    return Response(body, status_code, media_type="application/json")
+
+
+def _created(created: service.Created, replayed: bool, location: str | None = None) -> Response:
+    response = _json(created.body, status.HTTP_201_CREATED)
+    if replayed:
+        response.headers[IDEMPOTENT_REPLAYED_HEADER] = "true"
+    if location is not None:
+        response.headers["Location"] = location
+    return response
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
+    response_model=AuditRecordResponse,
     summary="Create an audit record",
     response_description="The record as stored; `Location` names it.",
     responses={
@@ -79,25 +93,22 @@ _REPLAYED = {
 )
 async def create_audit(
     body: AuditRecordCreate,
-    session: SessionDep,
+    database: DatabaseDep,
     request: Request,
-    response: Response,
     ttl: IdempotencyTtlDep,
     idempotency_key: IdempotencyKeyHeader = None,
-) -> AuditRecordResponse:
+) -> Response:
     request_id, client_id = current_request_id() or "", current_client_id()
+    replayed = False
     if idempotency_key is None:
-        record = await service.create_audit(session, body, request_id, client_id)
+        created = await service.create_audit(database, body, request_id, client_id)
     else:
-        record, replayed = await service.create_audit_idempotent(
-            session, body, request_id, client_id, idempotency_key, ttl
+        created, replayed = await service.create_audit_idempotent(
+            database, body, request_id, client_id, idempotency_key, ttl
         )
-        if replayed:
-            response.headers[IDEMPOTENT_REPLAYED_HEADER] = "true"
     # A path, not a URL: behind the gateway only the path is the same for the client.
     # Built from this route's own path: `url_path_for` tries every route of the app.
-    response.headers["Location"] = f"{request.scope['path']}/{record.id}"
-    return record
+    return _created(created, replayed, f"{request.scope['path']}/{created.audit_id}")
 
 
 # -- bulk ingest ----------------------------------------------------------------------------
@@ -114,24 +125,22 @@ async def create_audit(
         "the single create. The body must also fit the gateway's MAX_BODY_BYTES."
     ),
     response_description="The stored records, in the order given.",
+    response_model=AuditRecordBatch,
     responses={**problem_responses(409, 422, 503), 201: {"headers": _REPLAYED}},
 )
 async def create_audits(
     body: AuditBatchCreate,
-    session: SessionDep,
-    response: Response,
+    database: DatabaseDep,
     ttl: IdempotencyTtlDep,
     idempotency_key: IdempotencyKeyHeader = None,
-) -> AuditRecordBatch:
+) -> Response:
     request_id, client_id = current_request_id() or "", current_client_id()
     if idempotency_key is None:
-        return await service.create_audits(session, body, request_id, client_id)
+        return _created(await service.create_audits(database, body, request_id, client_id), False)
     created, replayed = await service.create_audits_idempotent(
-        session, body, request_id, client_id, idempotency_key, ttl
+        database, body, request_id, client_id, idempotency_key, ttl
     )
-    if replayed:
-        response.headers[IDEMPOTENT_REPLAYED_HEADER] = "true"
-    return created
+    return _created(created, replayed)
 
 
 @router.get(
@@ -142,12 +151,13 @@ async def create_audits(
         "previous page's `next_cursor` (keyset pagination: constant cost at any depth). "
         "`include_total=false` skips the count."
     ),
+    response_model=AuditRecordPage,
     responses=problem_responses(422, 503),
 )
 async def list_audits(
-    params: Annotated[AuditListParams, Query()], session: SessionDep
-) -> AuditRecordPage:
-    return await service.list_audits(session, params)
+    params: Annotated[AuditListParams, Query()], database: DatabaseDep
+) -> Response:
+    return _json(await service.list_audits(database, params))
 
 
 # -- export (before `/{audit_id}`, which would take "export" for an id) ---------------------
@@ -216,24 +226,25 @@ async def export_audits(
 @router.get(
     "/{audit_id:record_id}",
     summary="Read one audit record",
+    response_model=AuditRecordResponse,
     responses=problem_responses(404, 422, 503),
 )
-async def read_audit(audit_id: AuditId, session: SessionDep) -> AuditRecordResponse:
-    return await service.get_audit(session, audit_id)
+async def read_audit(audit_id: AuditId, database: DatabaseDep) -> Response:
+    return _json(await service.get_audit(database, audit_id))
 
 
 @router.put(
     "/{audit_id:record_id}",
     summary="Update an audit record",
     description="Any non-empty subset of the writable fields; `updated_at` advances.",
+    response_model=AuditRecordResponse,
     responses=problem_responses(404, 422, 503),
 )
 async def update_audit(
-    audit_id: AuditId, body: AuditRecordUpdate, session: SessionDep
-) -> AuditRecordResponse:
-    return await service.update_audit(
-        session, audit_id, body, current_request_id() or "", current_client_id()
-    )
+    audit_id: AuditId, body: AuditRecordUpdate, database: DatabaseDep
+) -> Response:
+    request_id, client_id = current_request_id() or "", current_client_id()
+    return _json(await service.update_audit(database, audit_id, body, request_id, client_id))
 
 
 @router.delete(
@@ -243,5 +254,5 @@ async def update_audit(
     summary="Delete an audit record",
     responses=problem_responses(404, 422, 503),
 )
-async def delete_audit(audit_id: AuditId, session: SessionDep) -> None:
-    await service.delete_audit(session, audit_id, current_request_id() or "", current_client_id())
+async def delete_audit(audit_id: AuditId, database: DatabaseDep) -> None:
+    await service.delete_audit(database, audit_id, current_request_id() or "", current_client_id())

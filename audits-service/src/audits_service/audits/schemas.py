@@ -7,7 +7,7 @@ import json
 import math
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Self
@@ -227,10 +227,15 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+def _utc_text(value: datetime) -> str:
+    """RFC 3339 in UTC with `Z`, microseconds only when there are any."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 UtcDatetime = Annotated[
     datetime,
     AfterValidator(_utc),
-    PlainSerializer(lambda value: value.isoformat().replace("+00:00", "Z"), return_type=str),
+    PlainSerializer(_utc_text, return_type=str),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
 
@@ -273,6 +278,34 @@ class AuditRecordResponse(BaseModel):
     @classmethod
     def _inet_as_text(cls, value: object) -> object:
         return value if value is None or isinstance(value, str) else str(value)
+
+
+RECORD_FIELDS = tuple(AuditRecordResponse.model_fields)
+
+
+def record_values(row: Sequence[Any]) -> dict[str, Any]:
+    """A record as `AuditRecordResponse` names its fields, from its values in that order."""
+    return dict(zip(RECORD_FIELDS, row, strict=True))
+
+
+def _api_value(value: object) -> str:
+    # asyncpg's own UUID type is not one orjson knows.
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return _utc_text(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def render(document: Any) -> bytes:
+    """A response body built from database values, as the response models serialise it:
+    one call for a whole page instead of a model instance per record."""
+    try:
+        return orjson.dumps(document, default=_api_value, option=orjson.OPT_UTC_Z)
+    except TypeError:
+        # orjson refuses integers beyond 64 bits, which metadata may hold.
+        text = json.dumps(document, default=_api_value, ensure_ascii=False, separators=(",", ":"))
+        return text.encode()
 
 
 _CURSOR_FORMAT = ">q16s"

@@ -1,21 +1,24 @@
 """Audit records in PostgreSQL: one SQL statement per operation on the hot paths.
 
-Writes use Core `INSERT/UPDATE/DELETE … RETURNING`, so a record is written and read back
-in one round trip without ORM identity-map bookkeeping.
+Every operation runs SQLAlchemy Core on a connection of its own, checked out for just that
+operation (the engine is in autocommit mode; the idempotent and batch creates open a READ
+COMMITTED transaction). Writes use `INSERT/UPDATE/DELETE … RETURNING`, so a record is
+written and read back in one round trip, and responses are JSON rendered straight from the
+returned rows (`schemas.render`), never through a model instance per row.
 """
 
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel, TypeAdapter
+import orjson
+from pydantic import BaseModel
 from sqlalchemy import (
     ColumnElement,
-    Row,
     Text,
     bindparam,
     cast,
@@ -28,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from audits_service.audits.exceptions import (
     AuditNotFound,
@@ -37,21 +40,22 @@ from audits_service.audits.exceptions import (
 )
 from audits_service.audits.models import audit_record, idempotency_key, uuid7
 from audits_service.audits.schemas import (
+    RECORD_FIELDS,
     AuditBatchCreate,
     AuditFilters,
     AuditListParams,
-    AuditRecordBatch,
     AuditRecordCreate,
-    AuditRecordPage,
-    AuditRecordResponse,
     AuditRecordUpdate,
     Cursor,
+    record_values,
+    render,
 )
 
-_COLUMNS = tuple(audit_record.c)
-# Built once: `insert().values(...)` per request is a visible share of a POST's CPU
-# (`make bench`, row `audits-post`, CPU/request note).
+# The response's fields in its order: a row is the record as the API shows it.
+_COLUMNS = tuple(audit_record.c[name] for name in RECORD_FIELDS)
+# Built once: `insert().values(...)` per request is a visible share of a POST's CPU.
 _INSERT = insert(audit_record).returning(*_COLUMNS)
+_BY_ID = select(*_COLUMNS).where(audit_record.c.id == bindparam("audit_id"))
 NEWEST_FIRST = (audit_record.c.created_at.desc(), audit_record.c.id.desc())
 # Seed of `hashtextextended` for the advisory lock guarding one idempotency key.
 _IDEMPOTENCY_LOCK_SEED = 0x6175646974
@@ -59,28 +63,30 @@ _IDEMPOTENCY_LOCK_SEED = 0x6175646974
 _REQUEST_ID_SETTING = "audit.request_id"
 _CLIENT_ID_SETTING = "audit.client_id"
 _PURGE_BATCH = 10_000
-# What an idempotent create returns, and replays from the key's stored response.
-Created = TypeVar("Created", AuditRecordResponse, AuditRecordBatch)
 _PURGE_MAX_BATCHES = 100
 
 
-def _response(row: Row[Any]) -> AuditRecordResponse:
-    return AuditRecordResponse.model_validate(row._mapping)
+@dataclass(frozen=True, slots=True)
+class Created:
+    """What a create answers: the JSON body, and the id the idempotency key points at."""
+
+    body: bytes
+    audit_id: UUID
 
 
 async def _insert_record(
-    session: AsyncSession, data: AuditRecordCreate, request_id: str, client_id: str | None
-) -> AuditRecordResponse:
+    connection: AsyncConnection, data: AuditRecordCreate, request_id: str, client_id: str | None
+) -> Created:
     values = {"id": uuid7(), "request_id": request_id, "client_id": client_id, **data.model_dump()}
-    return _response((await session.execute(_INSERT, values)).one())
+    row = (await connection.execute(_INSERT, values)).one()
+    return Created(render(record_values(row)), values["id"])
 
 
 async def create_audit(
-    session: AsyncSession, data: AuditRecordCreate, request_id: str, client_id: str | None
-) -> AuditRecordResponse:
-    record = await _insert_record(session, data, request_id, client_id)
-    await session.commit()
-    return record
+    engine: AsyncEngine, data: AuditRecordCreate, request_id: str, client_id: str | None
+) -> Created:
+    async with engine.connect() as connection:
+        return await _insert_record(connection, data, request_id, client_id)
 
 
 def fingerprint(data: BaseModel) -> str:
@@ -91,79 +97,78 @@ def fingerprint(data: BaseModel) -> str:
 
 
 async def create_audit_idempotent(
-    session: AsyncSession,
+    engine: AsyncEngine,
     data: AuditRecordCreate,
     request_id: str,
     client_id: str | None,
     key: str,
     ttl: timedelta,
-) -> tuple[AuditRecordResponse, bool]:
-    """Create once per key; a repeat gets the first response back. Returns (record, replayed)."""
-    create = partial(_insert_record, session, data, request_id, client_id)
-    return await _create_once(session, data, key, ttl, create, AuditRecordResponse)
+) -> tuple[Created, bool]:
+    """Create once per key; a repeat gets the first response back. Returns (created, replayed)."""
+    create = partial(_insert_record, data=data, request_id=request_id, client_id=client_id)
+    return await _create_once(engine, data, key, ttl, create)
 
 
 async def _create_once(
-    session: AsyncSession,
+    engine: AsyncEngine,
     data: BaseModel,
     key: str,
     ttl: timedelta,
-    create: Callable[[], Awaitable[Created]],
-    created_type: type[Created],
+    create: Callable[[AsyncConnection], Awaitable[Created]],
 ) -> tuple[Created, bool]:
     """Run `create` once per key; a repeat gets the first response back.
 
-    The key row and what `create` writes commit in one READ COMMITTED transaction
-    (`session` must not have run a statement yet: it would be in autocommit mode). A
+    The key row and what `create` writes commit in one READ COMMITTED transaction. A
     transaction-scoped advisory lock on the key makes a concurrent repeat fail fast (409)
     instead of waiting, and either both exist or neither does, whichever replica served it.
     """
-    await session.connection(execution_options={"isolation_level": "READ COMMITTED"})
     digest = fingerprint(data)
     lock = func.pg_try_advisory_xact_lock(func.hashtextextended(key, _IDEMPOTENCY_LOCK_SEED))
-    if not await session.scalar(select(lock)):
-        raise IdempotencyInProgress(
-            "A request with this Idempotency-Key is still being processed; retry when it is done."
-        )
-    stored = (
-        await session.execute(
-            select(idempotency_key.c.fingerprint, idempotency_key.c.response).where(
-                idempotency_key.c.key == key, idempotency_key.c.expires_at > func.now()
+    async with engine.connect() as autocommit:
+        connection = await autocommit.execution_options(isolation_level="READ COMMITTED")
+        async with connection.begin():
+            if not await connection.scalar(select(lock)):
+                raise IdempotencyInProgress(
+                    "A request with this Idempotency-Key is still being processed; "
+                    "retry when it is done."
+                )
+            stored = (
+                await connection.execute(
+                    select(
+                        idempotency_key.c.fingerprint,
+                        idempotency_key.c.audit_id,
+                        idempotency_key.c.response,
+                    ).where(idempotency_key.c.key == key, idempotency_key.c.expires_at > func.now())
+                )
+            ).one_or_none()
+            if stored is not None:
+                if stored.fingerprint != digest:
+                    raise IdempotencyKeyReused(
+                        "This Idempotency-Key was used with a different request body."
+                    )
+                return Created(render(stored.response), stored.audit_id), True
+            created = await create(connection)
+            values = {
+                "fingerprint": digest,
+                "audit_id": created.audit_id,
+                "response": orjson.loads(created.body),
+                "created_at": func.now(),
+                "expires_at": func.now() + ttl,
+            }
+            # A row still there under this key has expired (the lookup above saw none alive).
+            upsert = pg_insert(idempotency_key).values(key=key, **values)
+            await connection.execute(
+                upsert.on_conflict_do_update(index_elements=[idempotency_key.c.key], set_=values)
             )
-        )
-    ).one_or_none()
-    if stored is not None:
-        await session.rollback()
-        if stored.fingerprint != digest:
-            raise IdempotencyKeyReused(
-                "This Idempotency-Key was used with a different request body."
-            )
-        return created_type.model_validate(stored.response), True
-
-    created = await create()
-    values = {
-        "fingerprint": digest,
-        "audit_id": created.items[0].id if isinstance(created, AuditRecordBatch) else created.id,
-        "response": created.model_dump(mode="json"),
-        "created_at": func.now(),
-        "expires_at": func.now() + ttl,
-    }
-    # A row still there under this key has expired (the lookup above saw none alive).
-    upsert = pg_insert(idempotency_key).values(key=key, **values)
-    await session.execute(
-        upsert.on_conflict_do_update(index_elements=[idempotency_key.c.key], set_=values)
-    )
-    await session.commit()
     return created, False
 
 
-async def get_audit(session: AsyncSession, audit_id: UUID) -> AuditRecordResponse:
-    row = (
-        await session.execute(select(*_COLUMNS).where(audit_record.c.id == audit_id))
-    ).one_or_none()
+async def get_audit(engine: AsyncEngine, audit_id: UUID) -> bytes:
+    async with engine.connect() as connection:
+        row = (await connection.execute(_BY_ID, {"audit_id": audit_id})).one_or_none()
     if row is None:
         raise AuditNotFound(f"No audit record with id {audit_id}.")
-    return _response(row)
+    return render(record_values(row))
 
 
 def filter_conditions(params: AuditFilters) -> list[ColumnElement[bool]]:
@@ -189,28 +194,32 @@ def listed_after(created_at: datetime, audit_id: UUID) -> ColumnElement[bool]:
     return tuple_(audit_record.c.created_at, audit_record.c.id) < tuple_(created_at, audit_id)
 
 
-async def list_audits(session: AsyncSession, params: AuditListParams) -> AuditRecordPage:
+async def list_audits(engine: AsyncEngine, params: AuditListParams) -> bytes:
+    """One page as the JSON of `AuditRecordPage`."""
     conditions = filter_conditions(params)
     page = select(*_COLUMNS).where(*conditions)
     if params.cursor is not None:
         page = page.where(listed_after(params.cursor.created_at, params.cursor.id))
     page = page.order_by(*NEWEST_FIRST).limit(params.limit + 1).offset(params.offset)
-    rows = (await session.execute(page)).all()
-    items = [_response(row) for row in rows[: params.limit]]
+    total = None
+    async with engine.connect() as connection:
+        rows = (await connection.execute(page)).all()
+        if params.include_total:
+            count = select(func.count()).select_from(audit_record).where(*conditions)
+            total = (await connection.execute(count)).scalar_one()
+    items = [record_values(row) for row in rows[: params.limit]]
     next_cursor = None
     if len(rows) > params.limit:
-        last = items[-1]
+        last = rows[params.limit - 1]
         next_cursor = Cursor(last.created_at, last.id).encode()
-    total = None
-    if params.include_total:
-        count = select(func.count()).select_from(audit_record).where(*conditions)
-        total = (await session.execute(count)).scalar_one()
-    return AuditRecordPage(
-        items=items,
-        total=total,
-        limit=params.limit,
-        offset=params.offset,
-        next_cursor=next_cursor,
+    return render(
+        {
+            "items": items,
+            "total": total,
+            "limit": params.limit,
+            "offset": params.offset,
+            "next_cursor": next_cursor,
+        }
     )
 
 
@@ -224,12 +233,12 @@ def _for_request(request_id: str, client_id: str | None) -> ColumnElement[bool]:
 
 
 async def update_audit(
-    session: AsyncSession,
+    engine: AsyncEngine,
     audit_id: UUID,
     data: AuditRecordUpdate,
     request_id: str,
     client_id: str | None,
-) -> AuditRecordResponse:
+) -> bytes:
     c = audit_record.c
     # Strictly later than before even if the clock steps back or two updates share a tick.
     updated_at = func.greatest(func.now(), c.updated_at + timedelta(microseconds=1))
@@ -239,23 +248,24 @@ async def update_audit(
         .values(**data.model_dump(exclude_unset=True), updated_at=updated_at)
         .returning(*_COLUMNS)
     )
-    row = (await session.execute(statement)).one_or_none()
+    async with engine.connect() as connection:
+        row = (await connection.execute(statement)).one_or_none()
     if row is None:
         raise AuditNotFound(f"No audit record with id {audit_id}.")
-    await session.commit()
-    return _response(row)
+    return render(record_values(row))
 
 
 async def delete_audit(
-    session: AsyncSession, audit_id: UUID, request_id: str, client_id: str | None
+    engine: AsyncEngine, audit_id: UUID, request_id: str, client_id: str | None
 ) -> None:
     statement = delete(audit_record).where(
         audit_record.c.id == audit_id, _for_request(request_id, client_id)
     )
-    deleted = (await session.execute(statement.returning(audit_record.c.id))).scalar_one_or_none()
+    async with engine.connect() as connection:
+        result = await connection.execute(statement.returning(audit_record.c.id))
+        deleted = result.scalar_one_or_none()
     if deleted is None:
         raise AuditNotFound(f"No audit record with id {audit_id}.")
-    await session.commit()
 
 
 async def purge_expired_keys(engine: AsyncEngine) -> int:
@@ -300,9 +310,6 @@ _INSERT_MANY = (
 )
 
 
-_RESPONSES = TypeAdapter(list[AuditRecordResponse])
-
-
 def _as_text(value: object) -> str | None:
     if value is None or isinstance(value, str):
         return value
@@ -310,8 +317,8 @@ def _as_text(value: object) -> str | None:
 
 
 async def _insert_batch(
-    session: AsyncSession, batch: AuditBatchCreate, request_id: str, client_id: str | None
-) -> AuditRecordBatch:
+    connection: AsyncConnection, batch: AuditBatchCreate, request_id: str, client_id: str | None
+) -> Created:
     # Ascending ids, so the newest-first listing (id breaks the tie of a shared created_at)
     # shows a batch as if its records had been posted one by one, and sorting the returned
     # rows by id restores the order given.
@@ -326,29 +333,28 @@ async def _insert_batch(
         }
         for name, value in values.items():
             columns[name].append(_as_text(value))
-    rows = sorted((await session.execute(_INSERT_MANY, columns)).all(), key=lambda row: row.id)
-    # One validation call for the whole list is cheaper than one per row.
-    return AuditRecordBatch(items=_RESPONSES.validate_python([row._mapping for row in rows]))
+    rows = sorted((await connection.execute(_INSERT_MANY, columns)).all(), key=lambda row: row.id)
+    return Created(render({"items": [record_values(row) for row in rows]}), ids[0])
 
 
 async def create_audits(
-    session: AsyncSession, batch: AuditBatchCreate, request_id: str, client_id: str | None
-) -> AuditRecordBatch:
+    engine: AsyncEngine, batch: AuditBatchCreate, request_id: str, client_id: str | None
+) -> Created:
     """Store every record of `batch` or none, in one transaction."""
-    await session.connection(execution_options={"isolation_level": "READ COMMITTED"})
-    created = await _insert_batch(session, batch, request_id, client_id)
-    await session.commit()
-    return created
+    async with engine.connect() as autocommit:
+        connection = await autocommit.execution_options(isolation_level="READ COMMITTED")
+        async with connection.begin():
+            return await _insert_batch(connection, batch, request_id, client_id)
 
 
 async def create_audits_idempotent(
-    session: AsyncSession,
+    engine: AsyncEngine,
     batch: AuditBatchCreate,
     request_id: str,
     client_id: str | None,
     key: str,
     ttl: timedelta,
-) -> tuple[AuditRecordBatch, bool]:
+) -> tuple[Created, bool]:
     """`create_audits` once per key, as `create_audit_idempotent`."""
-    create = partial(_insert_batch, session, batch, request_id, client_id)
-    return await _create_once(session, batch, key, ttl, create, AuditRecordBatch)
+    create = partial(_insert_batch, batch=batch, request_id=request_id, client_id=client_id)
+    return await _create_once(engine, batch, key, ttl, create)
