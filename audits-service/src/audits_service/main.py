@@ -16,7 +16,7 @@ from audits_service.health import router as database_health_router
 from audits_service.trail.maintenance import background_jobs
 from audits_service.trail.router import router as trail_router
 from servicekit import (
-    NO_TELEMETRY,
+    configure_tracing,
     health_router,
     install_graceful_shutdown,
     install_servicekit,
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # A redirect would name this service's host, which clients behind the gateway
         # cannot reach: `/api/v1/audits/` is a plain 404 instead.
         redirect_slashes=False,
-        telemetry=NO_TELEMETRY,
+        telemetry=configure_tracing("audits"),
         generate_unique_id_function=operation_id,
     )
     install_servicekit(app, service="audits", settings=settings)

@@ -23,8 +23,8 @@ from gateway.root import router as root_router
 from gateway.transport import Connector
 from gateway.upstreams import Upstream, build_upstreams
 from servicekit import (
-    NO_TELEMETRY,
     REQUEST_ID_HEADER,
+    configure_tracing,
     install_graceful_shutdown,
     install_servicekit,
     operation_id,
@@ -130,7 +130,7 @@ def create_app(
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
-        telemetry=NO_TELEMETRY,
+        telemetry=configure_tracing("gateway"),
         generate_unique_id_function=operation_id,
     )
     app.include_router(root_router)

@@ -18,8 +18,8 @@ from llm_service.chat.wire import WireService
 from llm_service.config import Settings
 from llm_service.usage import UsageReportMiddleware
 from servicekit import (
-    NO_TELEMETRY,
     ReadinessCheck,
+    configure_tracing,
     health_router,
     install_graceful_shutdown,
     install_servicekit,
@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "policy, streaming, and OpenAI wire compatibility under `/api/v1/openai/v1`."
         ),
         lifespan=partial(lifespan, settings=settings),
-        telemetry=NO_TELEMETRY,
+        telemetry=configure_tracing("llm"),
         generate_unique_id_function=operation_id,
     )
     app.add_middleware(UsageReportMiddleware)

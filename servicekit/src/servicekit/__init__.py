@@ -51,9 +51,10 @@ from servicekit.problems import (
     problem_response,
     problem_responses,
 )
-from servicekit.runtime import NO_TELEMETRY, operation_id, tune_gc_after_startup
+from servicekit.runtime import operation_id, tune_gc_after_startup
 from servicekit.settings import ServiceSettings
 from servicekit.shutdown import install_graceful_shutdown, shutting_down
+from servicekit.tracing import configure_tracing, flush_traces_at_shutdown
 
 
 def install_servicekit(
@@ -78,11 +79,11 @@ def install_servicekit(
     app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(RequestContextMiddleware, trust_client_id=behind_gateway, metrics=metrics)
     tune_gc_after_startup(app)
+    flush_traces_at_shutdown(app)
 
 
 __all__ = [
     "CLIENT_ID_HEADER",
-    "NO_TELEMETRY",
     "PROBLEM_MEDIA_TYPE",
     "REQUEST_ID_HEADER",
     "ROUTE_TEMPLATE",
@@ -118,6 +119,7 @@ __all__ = [
     "ValidationFailed",
     "accept_request_id",
     "configure_logging",
+    "configure_tracing",
     "current_client_id",
     "current_request_id",
     "document_unsupported_media_type",

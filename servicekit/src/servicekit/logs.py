@@ -8,6 +8,7 @@ import orjson
 from loguru import logger
 
 from servicekit.context import client_id_var, request_id_var
+from servicekit.tracing import current_trace_ids
 
 if TYPE_CHECKING:
     from loguru import Message, Record
@@ -58,15 +59,19 @@ def log_access(method: str, path: str, status: int, duration_ms: float) -> None:
         }
         if (client_id := client_id_var.get()) is not None:
             line["client_id"] = client_id
+        line.update(current_trace_ids())
         _write(line)
 
 
 def _add_request_context(record: "Record") -> None:
-    """`request_id` on every line of a request, `client_id` too once the client is known."""
+    """`request_id` on every line of a request, `client_id` too once the client is known,
+    `trace_id` and `span_id` when it is traced."""
     extra = record["extra"]
     extra.setdefault("request_id", request_id_var.get())
     if (client_id := client_id_var.get()) is not None:
         extra.setdefault("client_id", client_id)
+    for key, value in current_trace_ids().items():
+        extra.setdefault(key, value)
 
 
 class _InterceptHandler(logging.Handler):

@@ -1,4 +1,4 @@
-"""App-wide settings shared by the services: GC tuning, telemetry off, operation IDs."""
+"""App-wide settings shared by the services: GC tuning, operation IDs."""
 
 import gc
 from collections.abc import AsyncIterator
@@ -7,12 +7,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from fastapi.telemetry import TelemetryConfig
-
-# The services export no OpenTelemetry; FastAPI's per-request check for configured
-# providers runs on every request (`make bench`, row `proxy`, CPU/request note). Passed as
-# `FastAPI(telemetry=NO_TELEMETRY)`.
-NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 def operation_id(route: APIRoute) -> str:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import httpx
 from loguru import logger
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.config import IPNetwork
@@ -29,11 +31,13 @@ from servicekit import (
     error_response,
 )
 from servicekit.context import client_id_var
+from servicekit.tracing import span, trace_context_headers, tracing_enabled, without_trace_context
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # Responses up to this size are read whole before they are relayed (see `_relay_whole`).
 _WHOLE_RESPONSE_BYTES = 64 * 1024
 _RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+_TRACER = trace.get_tracer("gateway.proxy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +147,26 @@ class Exchange:
         self.tokens: UsageTap | None = None
 
     async def run(self) -> None:
+        if not tracing_enabled():
+            await self._run()
+            return
+        # The request's server span is named by the proxied prefix; the exchange is its child.
+        route = self.upstream.route_template
+        server = trace.get_current_span()
+        server.update_name(f"{self.scope['method']} {route}")
+        server.set_attribute("http.route", route)
+        attributes = {"gateway.upstream": self.upstream.name, "url.path": self.scope["path"]}
+        with _TRACER.start_as_current_span(
+            f"proxy {self.upstream.name}", kind=SpanKind.CLIENT, attributes=attributes
+        ):
+            await self._run()
+
+    async def _run(self) -> None:
         try:
             await self.relay(await self.open(await self.admit()))
         except ServiceError as error:
+            if error.status >= 500 and tracing_enabled():
+                trace.get_current_span().set_status(StatusCode.ERROR, error.code)
             await error_response(error, self.scope["path"])(self.scope, self.receive, self.send)
         except _ClientGone:
             return
@@ -166,6 +187,9 @@ class Exchange:
         headers = self.headers.upstream_headers(
             checked=self.grant is not None, report_usage=self.tokens is not None
         )
+        if tracing_enabled():
+            # The upstream's spans hang under the proxy's, not under a client's.
+            headers = without_trace_context(headers) + trace_context_headers()
         return _Outgoing(
             self.scope["method"], self._target(), headers + _framing(body, declared), body
         )
@@ -209,6 +233,8 @@ class Exchange:
             raise self.upstream.problem(exc) from exc
         if metrics is not None:
             metrics.response(response.status, time.perf_counter() - started)
+        if tracing_enabled():
+            trace.get_current_span().set_attribute("http.response.status_code", response.status)
         return response
 
     async def _open(self, request: _Outgoing) -> UpstreamResponse:
@@ -268,6 +294,10 @@ class Exchange:
         await self.send({"type": "http.response.body", "body": content, "more_body": False})
 
     async def _relay_streaming(self, response: UpstreamResponse) -> None:
+        with span(_TRACER, "proxy stream"):
+            await self._stream(response)
+
+    async def _stream(self, response: UpstreamResponse) -> None:
         start = self._start(response)
         try:
             await self.send(start)

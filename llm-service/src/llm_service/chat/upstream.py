@@ -6,6 +6,7 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -14,6 +15,8 @@ import httpx2
 import orjson
 from loguru import logger
 from openai import APIError, AsyncOpenAI, AuthenticationError, PermissionDeniedError
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from llm_service.chat.constants import KEY_CHECK_TIMEOUT
 from llm_service.chat.exceptions import (
@@ -37,6 +40,7 @@ from llm_service.metrics import (
 )
 from llm_service.usage import record_usage
 from servicekit import ServiceError
+from servicekit.tracing import trace_context, tracing_enabled
 
 _SECRET_LIKE = re.compile(r"\b(?:sk|sess)-[A-Za-z0-9_\-*.]{8,}")
 
@@ -72,24 +76,56 @@ def _token_counts(usage: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+_TRACER = trace.get_tracer("llm_service.upstream")
+
+
 @dataclass(slots=True)
 class UpstreamCall:
-    """One upstream call (all its attempts), reported as one log line and in the metrics."""
+    """One upstream call (all its attempts), reported as one log line and in the metrics;
+    traced, when tracing is on, as a span with one child per attempt and one for a stream."""
 
     route: str
     model: str
     stream: bool
     attempts: int = 0
     started: float = field(default_factory=time.perf_counter)
+    span: Span | None = None
+    stream_span: Span | None = None
+
+    def __post_init__(self) -> None:
+        if tracing_enabled():
+            attributes: dict[str, str | bool] = {
+                "gen_ai.request.model": self.model,
+                "llm.stream": self.stream,
+            }
+            self.span = _TRACER.start_span(
+                f"openai {self.route}", kind=SpanKind.CLIENT, attributes=attributes
+            )
+
+    def attempt(self) -> AbstractContextManager[Span | None]:
+        """The span of one attempt, current while it runs (its `traceparent` goes upstream)."""
+        if self.span is None:
+            return nullcontext()
+        return _TRACER.start_as_current_span(
+            "openai attempt",
+            context=trace.set_span_in_context(self.span),
+            kind=SpanKind.CLIENT,
+            attributes={"llm.attempt": self.attempts},
+        )
 
     def attempted(self, status: int | str) -> None:
         """An attempt ended with the upstream's status (or `timeout`, `connection_error`)."""
         ATTEMPTS.labels(self.route, self.model, str(status)).inc()
+        if self.span is not None:
+            trace.get_current_span().set_attribute("llm.upstream_status", str(status))
 
     def first_chunk(self) -> None:
         TIME_TO_FIRST_CHUNK.labels(self.route, self.model).observe(
             time.perf_counter() - self.started
         )
+        if self.span is not None:
+            context = trace.set_span_in_context(self.span)
+            self.stream_span = _TRACER.start_span("openai stream", context=context)
 
     def log(self, outcome: str, usage: Mapping[str, Any] | None = None) -> None:
         """The call's one log line; its usage also goes into the gateway's usage report."""
@@ -116,6 +152,20 @@ class UpstreamCall:
         for kind, count in tokens.items():
             if isinstance(count, int) and count > 0:
                 TOKENS.labels(self.model, kind).inc(count)
+        if self.span is not None:
+            self._end_spans(outcome, tokens)
+
+    def _end_spans(self, outcome: str, tokens: Mapping[str, Any]) -> None:
+        assert self.span is not None
+        if self.stream_span is not None:
+            self.stream_span.end()
+        self.span.set_attributes({"llm.outcome": outcome, "llm.attempts": self.attempts})
+        for kind, count in tokens.items():
+            if isinstance(count, int):
+                self.span.set_attribute(f"gen_ai.usage.{kind}_tokens", count)
+        if outcome not in {"ok", "no_models_endpoint", "client_disconnected"}:
+            self.span.set_status(StatusCode.ERROR, outcome)
+        self.span.end()
 
 
 class OpenStream:
@@ -216,16 +266,18 @@ class UpstreamClient:
     ) -> httpx2.Response:
         """POST `body`, or GET without one."""
         method, url = ("GET" if body is None else "POST"), self._base_url + path
-        request = self._http.build_request(method, url, content=body, headers=self._headers)
-        try:
-            response = await self._http.send(request, stream=stream)
-        except httpx2.TimeoutException:
-            call.attempted("timeout")
-            raise
-        except httpx2.TransportError:
-            call.attempted("connection_error")
-            raise
-        call.attempted(response.status_code)
+        with call.attempt():
+            headers = {**self._headers, **trace_context()} if call.span else self._headers
+            request = self._http.build_request(method, url, content=body, headers=headers)
+            try:
+                response = await self._http.send(request, stream=stream)
+            except httpx2.TimeoutException:
+                call.attempted("timeout")
+                raise
+            except httpx2.TransportError:
+                call.attempted("connection_error")
+                raise
+            call.attempted(response.status_code)
         if response.status_code >= 400:
             try:
                 await response.aread()
