@@ -62,6 +62,15 @@ DEPLOYMENT_VARIABLES = {
     "IMAGE_TAG",
     "GATEWAY_BIND_ADDRESS",
     "API_KEYS_DIR",
+    "PROMETHEUS_PORT",
+    "GRAFANA_PORT",
+}
+# Read by the OpenTelemetry SDK in every service, not by their settings.
+SDK_VARIABLES = {
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
 }
 APP_SERVICES = {"gateway": "gateway", "audits": "audits-service", "llm": "llm-service"}
 _ASSIGNMENT = re.compile(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
@@ -115,12 +124,17 @@ def test_schema_is_strict_enough_to_catch_typos(compose: dict[str, Any]) -> None
 
 def test_only_the_gateway_publishes_a_port(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"postgres", "migrations", "audits-role", "audits", "llm", "gateway"}
-    publishing = {name for name, service in services.items() if service.get("ports")}
+    product = {name for name, service in services.items() if "profiles" not in service}
+    assert product == {"postgres", "migrations", "audits-role", "audits", "llm", "gateway"}
+    publishing = {name for name in product if services[name].get("ports")}
     assert publishing == {"gateway"}
     assert services["gateway"]["ports"] == [
         "${GATEWAY_BIND_ADDRESS:-0.0.0.0}:${GATEWAY_PORT:-8000}:8000"
     ]
+    # The observability profile's tools publish on this machine only.
+    for name in set(services) - product:
+        assert services[name]["profiles"] == ["observability"]
+        assert all(port.startswith("127.0.0.1:") for port in services[name]["ports"])
     for service in services.values():
         assert "network_mode" not in service
 
@@ -235,7 +249,7 @@ def test_env_example_documents_nothing_stale(env_example: dict[str, str | None])
     read: set[str] = set()
     for package in SERVICES.values():
         read |= settings_env_names(package)
-    stale = set(env_example) - read - DEPLOYMENT_VARIABLES - DOCUMENTED_VARIABLES
+    stale = set(env_example) - read - DEPLOYMENT_VARIABLES - DOCUMENTED_VARIABLES - SDK_VARIABLES
     assert not stale, f"no service reads {sorted(stale)}"
 
 
