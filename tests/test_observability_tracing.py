@@ -3,6 +3,7 @@ over OTLP/HTTP to a receiver here; an incoming `traceparent` continued; log line
 
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +30,15 @@ class TracedStack:
     logs: Path
 
     def log_lines(self, service: str, request_id: str) -> list[dict[str, object]]:
-        lines = (self.logs / f"{service}.log").read_text().splitlines()
-        parsed = [json.loads(line) for line in lines if line.startswith("{")]
-        return [line for line in parsed if line.get("request_id") == request_id]
+        """The request's lines, once its access line is written (after the response)."""
+        deadline = time.monotonic() + 10
+        while True:
+            lines = (self.logs / f"{service}.log").read_text().splitlines()
+            parsed = [json.loads(line) for line in lines if line.startswith("{")]
+            mine = [line for line in parsed if line.get("request_id") == request_id]
+            if any(line["message"] == "request" for line in mine) or time.monotonic() > deadline:
+                return mine
+            time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
