@@ -160,3 +160,11 @@ async def gateway_client(config: Settings, **connectors: Recorder) -> AsyncItera
         ) as client,
     ):
         yield client
+
+
+async def scrape(port: int) -> str:
+    """The gateway's metrics, from its metrics listener on `port`."""
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}/metrics")
+    assert response.status_code == 200
+    return response.text

@@ -10,11 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_harness import GatewayClient, Recorder, running_gateway
+from gateway_harness import GatewayClient, Recorder, running_gateway, scrape
 
+from devstack.postgres import free_port
 from gateway.keys import file_entry, new_key, parse_keys
 from gateway.keys.__main__ import main as keys_main
 from testkit.checks import assert_problem
+from testkit.metrics import value
 
 SCOPES = ("audits:read", "audits:write", "audits:admin", "llm")
 RECORD = "/api/v1/audits/01a215df-8c84-7376-862d-f9dc91ca4485"
@@ -340,3 +342,29 @@ def test_the_keys_command_prints_an_entry_that_admits_the_key(
     with pytest.raises(SystemExit):
         keys_main(["new", "--id", "x", "--scopes", "root"])
     assert keys_main(["new", "--id", "bad id", "--scopes", "llm"]) == 2
+
+
+async def test_metrics_count_refusals_and_admitted_keys_without_key_material(
+    keys: Keys,
+) -> None:
+    port = free_port()
+    async with guarded(keys, metrics_port=port) as gateway:
+        before = await scrape(port)
+        await gateway.get("/api/v1/audits")
+        await gateway.get("/api/v1/audits", headers=bearer(new_key()))
+        await gateway.get("/api/v1/audits", headers=bearer(keys.clear["llm"]))
+        await gateway.get("/api/v1/audits", headers=bearer(keys.clear["audits-read"]))
+        text = await scrape(port)
+
+    def added(name: str, **labels: str) -> float:
+        return value(text, name, **labels) - value(before, name, **labels)
+
+    rejected = "gateway_auth_rejected_total"
+    assert added(rejected, upstream="audits", code="unauthorized") == 2
+    assert added(rejected, upstream="audits", code="forbidden") == 1
+    admitted = "gateway_client_requests_total"
+    assert added(admitted, upstream="audits", client_id="audits-read") == 1
+    for key in keys.clear.values():
+        assert key not in text
+    for entry in keys.entries:
+        assert entry["sha256"] not in text

@@ -1,16 +1,9 @@
 import httpx
 import pytest
-from gateway_harness import Recorder, running_gateway
+from gateway_harness import Recorder, running_gateway, scrape
 
 from devstack.postgres import free_port
 from testkit.metrics import label_values, value
-
-
-async def scrape(port: int) -> str:
-    async with httpx.AsyncClient() as client:
-        response = await client.get(f"http://127.0.0.1:{port}/metrics")
-    assert response.status_code == 200
-    return response.text
 
 
 async def test_metrics_are_on_their_own_port_not_the_public_one() -> None:

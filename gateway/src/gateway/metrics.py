@@ -1,5 +1,6 @@
-"""The gateway's own metrics: upstream exchanges by outcome and their durations, retries and
-rate-limited requests; and the listener they are served on, apart from the public one."""
+"""The gateway's own metrics: upstream exchanges by outcome and their durations, retries,
+rate-limited and access-refused requests, admitted requests by key id; and the listener they
+are served on, apart from the public one."""
 
 import threading
 from collections.abc import Iterator
@@ -34,6 +35,18 @@ RATE_LIMITED = Counter(
     ["upstream"],
 )
 
+AUTH_REJECTED = Counter(
+    "gateway_auth_rejected_total",
+    "Requests refused by access control, by upstream and code (`unauthorized`: no valid key, "
+    "`forbidden`: the key lacks the scope).",
+    ["upstream", "code"],
+)
+CLIENT_REQUESTS = Counter(
+    "gateway_client_requests_total",
+    "Requests admitted by access control, by upstream and the key's id (never the key).",
+    ["upstream", "client_id"],
+)
+
 _OUTCOMES = ("1xx", "2xx", "3xx", "4xx", "5xx", "timeout", "unavailable")
 
 
@@ -47,6 +60,7 @@ class UpstreamMetrics:
         self._duration = UPSTREAM_DURATION.labels(upstream)
         self._retries = UPSTREAM_RETRIES.labels(upstream)
         self._rate_limited = RATE_LIMITED.labels(upstream)
+        self._upstream = upstream
 
     def response(self, status: int, seconds: float) -> None:
         self._outcomes[f"{min(max(status // 100, 1), 5)}xx"].inc()
@@ -61,6 +75,16 @@ class UpstreamMetrics:
 
     def rate_limited(self) -> None:
         self._rate_limited.inc()
+
+    def refused(self, status: int, code: str) -> None:
+        """Access control refused the request: a limit (429), or no key or scope for it."""
+        if status == 429:
+            self._rate_limited.inc()
+        else:
+            AUTH_REJECTED.labels(self._upstream, code).inc()
+
+    def admitted(self, client_id: str) -> None:
+        CLIENT_REQUESTS.labels(self._upstream, client_id).inc()
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """The LLM service's own metrics: upstream calls and their attempts, tokens, time to first
-chunk. `route` is the kind of call (`chat`, `wire`, `embeddings`, `models`), `model` one of
-the allowlist's: both bounded whatever clients send."""
+chunk. `route` is the kind of call (`chat`, `wire`, `responses`, `embeddings`, `models`),
+`model` one of the allowlist's: both bounded whatever clients send."""
 
 from prometheus_client import Counter, Histogram
 

@@ -195,9 +195,17 @@ class Exchange:
         )
 
     async def _check_access(self, access: AccessControl) -> None:
-        self.grant = grant = await access.admit(
-            self.headers, self.upstream.name, self.scope["method"], self.scope["query_string"]
-        )
+        metrics = self.upstream.metrics
+        try:
+            self.grant = grant = await access.admit(
+                self.headers, self.upstream.name, self.scope["method"], self.scope["query_string"]
+            )
+        except ServiceError as error:
+            if metrics is not None:
+                metrics.refused(error.status, error.code)
+            raise
+        if metrics is not None:
+            metrics.admitted(grant.key.id)
         client_id_var.set(grant.key.id)
         if grant.counts_tokens:
             self.tokens = UsageTap()
