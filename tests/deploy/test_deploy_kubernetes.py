@@ -155,7 +155,9 @@ def test_deployment_probes_resources_and_security(production: list[Manifest], ap
     spec = deployment["spec"]["template"]["spec"]
     (container,) = spec["containers"]
     assert container["image"] == f"registry.example.com/audits-platform/{IMAGES[app]}:0.1.0"
-    assert container["ports"] == [{"name": "http", "containerPort": APPS[app], "protocol": "TCP"}]
+    assert container["ports"][0] == {"name": "http", "containerPort": APPS[app], "protocol": "TCP"}
+    # The gateway's metrics listener is its only other port.
+    assert [p["name"] for p in container["ports"][1:]] == (["metrics"] if app == "gateway" else [])
     assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "http"}
     assert container["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
@@ -367,8 +369,9 @@ def test_network_policies_isolate_the_services(production: list[Manifest]) -> No
     assert not allowed(policies, None, stranger, 8080)
     assert not allowed(policies, stranger, None, 443)
 
-    # Only the gateway takes traffic from outside.
+    # Only the gateway takes traffic from outside, and not on its metrics port.
     assert allowed(policies, None, gateway, 8000)
+    assert not allowed(policies, None, gateway, 9100)
     for pod in (audits, llm, migrations):
         assert not allowed(policies, None, pod, APPS.get(pod.name, 8000))
     # Only the gateway reaches audits and llm.
@@ -420,3 +423,53 @@ def test_every_container_has_requests_and_limits(production: list[Manifest]) -> 
                     manifest["metadata"]["name"],
                     container["name"],
                 )
+
+
+def test_pods_are_annotated_for_scraping_on_their_metrics_port(production: list[Manifest]) -> None:
+    ports = {"gateway": 9100, "audits": 8001, "llm": 8002}
+    for app, port in ports.items():
+        template = find(production, "Deployment", app)["spec"]["template"]
+        annotations = template["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(port)
+        assert annotations["prometheus.io/path"] == "/metrics"
+        (container,) = template["spec"]["containers"]
+        assert port in {p["containerPort"] for p in container["ports"]}
+
+
+def test_the_monitoring_overlay_adds_service_monitors_and_a_scrape_policy(
+    production: list[Manifest],
+) -> None:
+    monitoring = render("deploy/overlays/monitoring")
+    added = [m for m in monitoring if key(m) not in {key(p) for p in production}]
+    assert sorted(key(m) for m in added) == sorted(
+        [("ServiceMonitor", "audits-platform", app) for app in APPS]
+        + [("NetworkPolicy", "audits-platform", "allow-metrics-scrape")]
+    )
+    for manifest in added:
+        if manifest["kind"] == "NetworkPolicy":
+            kubernetes_validate.validate(manifest, KUBERNETES_VERSIONS[-1], strict=True)
+    scraped_ports = set()
+    for app in APPS:
+        monitor = find(monitoring, "ServiceMonitor", app)
+        service = find(monitoring, "Service", app)
+        assert (
+            monitor["spec"]["selector"]["matchLabels"].items()
+            <= service["metadata"]["labels"].items()
+        )
+        (endpoint,) = monitor["spec"]["endpoints"]
+        (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+        template = find(monitoring, "Deployment", app)["spec"]["template"]
+        (container,) = template["spec"]["containers"]
+        (target,) = [p for p in container["ports"] if p["name"] == port["targetPort"]]
+        assert (
+            str(target["containerPort"])
+            == template["metadata"]["annotations"]["prometheus.io/port"]
+        )
+        scraped_ports.add(target["containerPort"])
+    policy = find(monitoring, "NetworkPolicy", "allow-metrics-scrape")
+    (rule,) = policy["spec"]["ingress"]
+    assert {p["port"] for p in rule["ports"]} == scraped_ports
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
