@@ -12,9 +12,10 @@ import math
 import time
 from dataclasses import dataclass
 from functools import cache, lru_cache
+from typing import Protocol
 
 from limits import RateLimitItem, RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import RedisStorage
 from limits.errors import StorageError
 from loguru import logger
 from redis.asyncio import ConnectionPool
@@ -81,17 +82,57 @@ def _window_key(item: RateLimitItem, name: str) -> str:
     return item.key_for(name)
 
 
+class WindowStorage(Protocol):
+    """What a fixed window needs of a storage: `limits`' storages have it."""
+
+    async def incr(self, key: str, expiry: int, amount: int = 1) -> int: ...
+
+    async def get(self, key: str) -> int: ...
+
+    async def get_expiry(self, key: str) -> float: ...
+
+
+class MemoryWindows:
+    """One process's windows. `limits`' own memory storage starts a sweeping task on every
+    increment, a cost each proxied request would pay; here expired windows are dropped when
+    read, and all at once when there are many."""
+
+    _SWEEP_AT = 100_000
+
+    def __init__(self) -> None:
+        self._windows: dict[str, tuple[float, int]] = {}
+
+    async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        now = time.time()
+        expires, count = self._windows.get(key, (0.0, 0))
+        if expires <= now:
+            if len(self._windows) >= self._SWEEP_AT:
+                self._windows = {k: v for k, v in self._windows.items() if v[0] > now}
+            expires, count = now + expiry, 0
+        self._windows[key] = (expires, count + amount)
+        return count + amount
+
+    async def get(self, key: str) -> int:
+        expires, count = self._windows.get(key, (0.0, 0))
+        return count if expires > time.time() else 0
+
+    async def get_expiry(self, key: str) -> float:
+        expires, _ = self._windows.get(key, (0.0, 0))
+        return max(expires, time.time())
+
+
 class Counters:
     """Fixed one-minute windows, failing open when their storage fails.
 
-    The fixed-window strategy is "increment, then compare with the limit"; the storage's own
-    `incr` (atomic with its expiry, a Lua script in Redis) returns the count, which with the
+    The fixed-window strategy is "increment, then compare with the limit"; the storage's
+    `incr` (atomic with its expiry: a Lua script in Redis) returns the count, which with the
     window's expiry is all the `RateLimit-*` headers need: two storage calls per hit."""
 
     def __init__(self, redis_url: str | None) -> None:
         self._pool: ConnectionPool | None = None
+        self._storage: WindowStorage
         if redis_url is None:
-            self._storage: Storage = MemoryStorage()
+            self._storage = MemoryWindows()
         else:
             self._pool = ConnectionPool.from_url(
                 redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
