@@ -9,7 +9,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,12 +163,18 @@ class Bench:
     def upstream(self) -> str:
         return self.stack.python_app("upstream", "bench.upstream:create_app")
 
-    def gateway_to_upstream(self, key: str = "gateway-upstream", auth: bool = False) -> str:
+    def gateway_to_upstream(
+        self,
+        key: str = "gateway-upstream",
+        auth: bool = False,
+        extra: Mapping[str, str] | None = None,
+    ) -> str:
         upstream = self.upstream()
         env = {
             "AUDITS_SERVICE_URL": upstream,
             "LLM_SERVICE_URL": upstream,
             "RATE_LIMIT_LLM_PER_MINUTE": "0",
+            **(extra or {}),
         }
         return self.stack.service(key, "gateway", self.with_auth(env) if auth else env).url
 
@@ -1234,6 +1240,100 @@ def cold_start(bench: Bench) -> list[Row]:
     ]
 
 
+# -- observability ------------------------------------------------------------------------
+
+METRICS_OFF = {"METRICS_ENABLED": "false"}
+
+
+def _audits_behind_gateway(bench: Bench, key: str, env: Mapping[str, str]) -> tuple[str, str]:
+    """A record's path, and a gateway in front of an audits service, both started with `env`."""
+    url = bench.stack.service_database("bench")
+    audits = bench.stack.service(f"{key}-audits", "audits", {"DATABASE_URL": url, **env}).url
+    settings = {"AUDITS_SERVICE_URL": audits, "LLM_SERVICE_URL": audits, **env}
+    gateway = bench.stack.service(f"{key}-gateway", "gateway", settings).url
+    created = post_ok(audits + "/api/v1/audits", json.dumps(AUDIT_BODY), 201, "audits POST")
+    path = f"/api/v1/audits/{json.loads(created)['id']}"
+    get_ok(gateway + path, f"gateway GET {path} ({key})")
+    return gateway, path
+
+
+def metrics_proxy(bench: Bench) -> list[Row]:
+    path = "/api/v1/audits/bench-item"
+    on = bench.gateway_to_upstream("gateway-metrics-on")
+    off = bench.gateway_to_upstream("gateway-metrics-off", extra=METRICS_OFF)
+    get_ok(on + path, "gateway GET (metrics on)")
+    get_ok(off + path, "gateway GET (metrics off)")
+    return bench.compare(
+        (
+            "metrics-proxy",
+            "gateway to the trivial upstream, metrics on (default)",
+            "the same gateway with METRICS_ENABLED=false",
+            "≥0.95",
+        ),
+        (
+            bench.http(Target(off + path), watch=("gateway-metrics-off", "upstream")),
+            bench.http(Target(on + path), watch=("gateway-metrics-on", "upstream")),
+        ),
+        0.95,
+        cpu=({"gateway": "gateway-metrics-on"}, {"gateway off": "gateway-metrics-off"}),
+    )
+
+
+def _audits_get_on_off(
+    bench: Bench,
+    row: tuple[str, str, str, str],
+    subject: tuple[str, Mapping[str, str]],
+    reference: tuple[str, Mapping[str, str]],
+    wanted: float,
+) -> list[Row]:
+    """`GET /api/v1/audits/{id}` through gateway → audits started with the subject's env, and
+    through a second such pair started with the reference's; CPU of all four in the note."""
+    (on_key, on_env), (off_key, off_env) = subject, reference
+    on, on_path = _audits_behind_gateway(bench, on_key, on_env)
+    off, off_path = _audits_behind_gateway(bench, off_key, off_env)
+    watched = {key: (f"{key}-gateway", f"{key}-audits") for key in (on_key, off_key)}
+    return bench.compare(
+        row,
+        (
+            bench.http(Target(off + off_path), watch=watched[off_key]),
+            bench.http(Target(on + on_path), watch=watched[on_key]),
+        ),
+        wanted,
+        cpu=(
+            {"gateway": f"{on_key}-gateway", "audits": f"{on_key}-audits"},
+            {f"gateway {off_key}": f"{off_key}-gateway", f"audits {off_key}": f"{off_key}-audits"},
+        ),
+    )
+
+
+def metrics_audits_get(bench: Bench) -> list[Row]:
+    row = (
+        "metrics-audits-get",
+        "GET /api/v1/audits/{id} via the gateway, metrics on in both",
+        "the same with METRICS_ENABLED=false in both",
+        "≥0.95",
+    )
+    return _audits_get_on_off(bench, row, ("metrics-on", {}), ("metrics-off", METRICS_OFF), 0.95)
+
+
+def tracing(bench: Bench) -> list[Row]:
+    port = free_port()
+    command = [sys.executable, "-m", "bench.otlpsink", "--port", str(port)]
+    sink = bench.stack.server("otlp-sink", command, port, "/stats")
+    traced = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_TRACES_SAMPLER": "always_on"}
+    row = (
+        "tracing",
+        "GET /api/v1/audits/{id} via the gateway, every request traced to a local receiver",
+        "the same untraced (no OTLP endpoint)",
+        "≥0.8",
+    )
+    rows = _audits_get_on_off(bench, row, ("traced", traced), ("untraced", {}), 0.8)
+    _, stats = http_get(sink + "/stats")
+    if json.loads(stats)["exports"] == 0:
+        raise RuntimeError("the traced services exported no spans")
+    return rows
+
+
 ROWS: list[tuple[str, Callable[[Bench], list[Row]], str]] = [
     ("proxy", proxy, "trivial upstream behind the gateway vs direct"),
     ("proxy-auth", proxy_auth, "the proxy row's gateway with access control on vs off"),
@@ -1259,4 +1359,7 @@ ROWS: list[tuple[str, Callable[[Bench], list[Row]], str]] = [
     ("memory-idle", memory_idle, "idle RSS of each service"),
     ("memory-streams", memory_streams, "gateway RSS with 1,000 concurrent slow streams"),
     ("cold-start", cold_start, "make run cold start to ready"),
+    ("metrics-proxy", metrics_proxy, "gateway to the trivial upstream, metrics on vs off"),
+    ("metrics-audits-get", metrics_audits_get, "GET /api/v1/audits/{id}, metrics on vs off"),
+    ("tracing", tracing, "GET /api/v1/audits/{id}, traced at 100 % vs untraced"),
 ]
