@@ -10,7 +10,8 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 STATE="$REPO/.data/containers"
-UV=${UV:-$(command -v uv)}
+UV=${UV:-$(command -v uv || echo "$REPO/.data/tools/bin/uv")}
+[ -x "$UV" ] || { echo "uv not found: run \`make test-containers\`" >&2; exit 2; }
 export UV_PYTHON_DOWNLOADS=never
 COMPOSE=(docker compose --env-file "$REPO/tests/containers/compose.env"
     -f "$REPO/docker-compose.yml" -f "$REPO/tests/containers/compose.test.yml"
