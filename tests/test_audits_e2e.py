@@ -198,3 +198,48 @@ async def test_a_streamed_verify_that_fails_ends_truncated(
         assert response.status_code == 200
         with pytest.raises(httpx.RemoteProtocolError):
             await response.aread()
+
+
+async def _verifies_waiting(database_url: str) -> int:
+    """Verifications waiting for the test's lock: sessions of the audits service blocked in
+    the head query (the sealers, blocked too, read the checkpoints otherwise)."""
+    admin = await asyncpg.connect(database_url)
+    try:
+        waiting: int = await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'audits-service'"
+            " AND datname = current_database() AND wait_event_type = 'Lock'"
+            " AND query LIKE '%to_char(sealed_at%'"
+        )
+        return waiting
+    finally:
+        await admin.close()
+
+
+async def _until_waiting(database_url: str, wanted: int) -> int:
+    """The number of waiting verifications once it is `wanted`, or after 10 s."""
+    for _ in range(100):
+        waiting = await _verifies_waiting(database_url)
+        if waiting == wanted:
+            break
+        await asyncio.sleep(0.1)
+    return waiting
+
+
+async def test_a_client_leaving_a_streamed_verify_stops_it(
+    stack: Stack, start_service: StartService
+) -> None:
+    gateway = _replica(stack, start_service, command_timeout_s=60)
+    async with _checkpoints_locked(stack.database_url):
+        async with (
+            httpx.AsyncClient(base_url=gateway, timeout=60) as client,
+            client.stream("GET", f"{AUDITS}/verify") as response,
+        ):
+            assert response.status_code == 200
+            # Held on to: a dropped iterator closes the response when it is collected.
+            chunks = response.aiter_bytes()
+            assert await anext(chunks) == b" "
+            # A new replica's verification may still be opening its connections.
+            assert await _until_waiting(stack.database_url, 1) == 1
+            assert await anext(chunks) == b" "
+        # The client has gone while the lock still holds the verification back.
+        assert await _until_waiting(stack.database_url, 0) == 0
