@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict
+from fnmatch import fnmatchcase
 from pathlib import Path
 from types import FrameType
 
@@ -33,7 +34,7 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
 
 
 def selected(key: str, only: list[str]) -> bool:
-    return not only or any(key == name or key.startswith(name + "-") for name in only)
+    return not only or any(fnmatchcase(key, name) for name in only)
 
 
 def progress(message: str) -> None:
@@ -49,7 +50,7 @@ def main() -> int:
         action="append",
         default=[],
         metavar="ROW",
-        help="run only this row (or family: `llm`, `memory`); repeat or comma-separate",
+        help="run only this row, or the rows a pattern matches (`llm*`); repeat or comma-separate",
     )
     parser.add_argument("--list", action="store_true", help="list the rows and exit")
     parser.add_argument("--python-client", action="store_true", help="do not use wrk")

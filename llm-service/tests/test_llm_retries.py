@@ -84,7 +84,7 @@ async def test_retry_after_beyond_the_budget_gives_up_at_once(
     assert_problem(response, 429, "upstream_rate_limited")
     assert response.headers["retry-after"] == "7"
     assert upstream.call_count == 1
-    assert elapsed < 1.0
+    assert elapsed < 2  # no sleep toward the 2 s budget before giving up
 
 
 async def test_5xx_then_success(llm: ClientFactory, upstream: OpenAIStandin) -> None:
