@@ -127,7 +127,8 @@ class _Export:
 
     def __init__(self, engine: AsyncEngine, params: AuditExportParams, path: str) -> None:
         self.engine = engine
-        self.format = _ESCAPED_CSV if params.escape_formulas else _FORMATS[params.format]
+        escaped = params.escape_formulas and params.format is ExportFormat.CSV
+        self.format = _ESCAPED_CSV if escaped else _FORMATS[params.format]
         self.conditions = filter_conditions(params)
         self.path = path
         self.rows_sent = 0

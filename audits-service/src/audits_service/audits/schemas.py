@@ -449,17 +449,11 @@ class AuditExportParams(AuditFilters):
     )
     escape_formulas: bool = Field(
         default=False,
-        description="CSV only: a field starting with `=`, `+`, `-`, `@`, a tab, a carriage "
-        "return or `'` gets one `'` put in front, so a spreadsheet shows it as text instead "
-        "of running it as a formula. Reversible: remove one leading `'` from every field "
-        "that has one to get the stored values back.",
+        description="CSV only (NDJSON ignores it): a field starting with `=`, `+`, `-`, `@`, "
+        "a tab, a carriage return or `'` gets one `'` put in front, so a spreadsheet shows "
+        "it as text instead of running it as a formula. Reversible: remove one leading `'` "
+        "from every field that has one to get the stored values back.",
     )
-
-    @model_validator(mode="after")
-    def _escape_only_csv(self) -> Self:
-        if self.escape_formulas and self.format is not ExportFormat.CSV:
-            raise ValueError("escape_formulas applies to format=csv only")
-        return self
 
 
 class AuditBatchCreate(BaseModel):
