@@ -103,9 +103,8 @@ def _server_issued_values(_: HookContext, case: Case[Any], __: dict[str, Any]) -
     422); `model` must be in `OPENAI_ALLOWED_MODELS`, token counts within
     `OPENAI_MAX_TOKENS` and `n` within `OPENAI_MAX_N`, which the schema cannot know (model
     ids too: the gateway refuses odd paths such as a `\\` in one with 404); `created_from`
-    after `created_to`, and an export's `escape_formulas` without `format=csv`, are
-    documented 422s no JSON Schema can express. Invalid values are left alone, so
-    negative cases stay negative.
+    after `created_to` is a documented 422 no JSON Schema can express. Invalid values are
+    left alone, so negative cases stay negative.
     """
     key = case.headers.get("Idempotency-Key") if case.headers else None
     if case.headers and _VALID_IDEMPOTENCY_KEY.fullmatch(str(key)):
@@ -115,9 +114,6 @@ def _server_issued_values(_: HookContext, case: Case[Any], __: dict[str, Any]) -
             del case.query["cursor"]
         if "created_from" in case.query and "created_to" in case.query:
             del case.query["created_to"]
-        escape = str(case.query.get("escape_formulas")).lower()
-        if escape == "true" and case.query.get("format") != "csv":
-            del case.query["escape_formulas"]
     if isinstance(case.body, dict):
         if isinstance(case.body.get("model"), str):
             case.body["model"] = ALLOWED_MODEL
