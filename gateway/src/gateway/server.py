@@ -109,6 +109,10 @@ class _CycleTransport(asyncio.Transport):
     def close(self) -> None:
         self._close()
 
+    def detach(self) -> None:
+        """The connection is gone: a cycle still running may only close the transport."""
+        self._close = self.transport.close
+
 
 class EdgeHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with connection-level limits (see the module's doc)."""
@@ -145,7 +149,14 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self.disarm_header_deadline()
         if self.lingering_check is not None:
             self.lingering_check.cancel()
+            self.lingering_check = None
         super().connection_lost(exc)
+        # A connection's objects point at each other (protocol, request cycle, transport
+        # wrapper, bound methods). Cut those links now, so they are freed by reference
+        # counting as the connection ends instead of waiting for a full collection, which the
+        # raised GC thresholds (`servicekit.runtime`) make rare.
+        self.cycle_transport.detach()
+        self.cycle = None  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         if self.lingering_until is not None:
