@@ -146,6 +146,17 @@ def _logprobs(pieces: list[str], top: int) -> dict[str, Any]:
     return {"content": content, "refusal": None}
 
 
+def _model_request(body: bytes) -> dict[str, Any] | Reply:
+    """A JSON object naming a model, or the 400 OpenAI answers instead."""
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return error_reply(400, "We could not parse the JSON body.")
+    if not isinstance(request, dict) or not request.get("model"):
+        return error_reply(400, "You must provide a model parameter.", param="model")
+    return request
+
+
 @dataclass
 class ChatReplies:
     """Chat completions, plain and streamed."""
@@ -153,12 +164,9 @@ class ChatReplies:
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def reply(self, body: bytes, pieces: list[str]) -> Reply:
-        try:
-            request = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return error_reply(400, "We could not parse the JSON body.")
-        if not isinstance(request, dict) or not request.get("model"):
-            return error_reply(400, "You must provide a model parameter.", param="model")
+        request = _model_request(body)
+        if isinstance(request, Reply):
+            return request
         messages = request.get("messages")
         if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
             return error_reply(400, "You must provide a non-empty messages array.", "messages")
@@ -339,12 +347,9 @@ class ResponseReplies:
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def reply(self, body: bytes, pieces: list[str]) -> Reply:
-        try:
-            request = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return error_reply(400, "We could not parse the JSON body.")
-        if not isinstance(request, dict) or not request.get("model"):
-            return error_reply(400, "You must provide a model parameter.", param="model")
+        request = _model_request(body)
+        if isinstance(request, Reply):
+            return request
         items = _input_items(request)
         if not items:
             return error_reply(400, "You must provide an input.", param="input")
