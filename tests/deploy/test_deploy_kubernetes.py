@@ -14,6 +14,7 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
+from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
 from pydantic import TypeAdapter
 from pydantic.fields import FieldInfo
 
@@ -437,6 +438,27 @@ def test_pods_are_annotated_for_scraping_on_their_metrics_port(production: list[
         assert port in {p["containerPort"] for p in container["ports"]}
 
 
+def validate_service_monitor(manifest: Manifest) -> None:
+    """Against the Prometheus Operator's ServiceMonitor schema (models generated from its
+    CRD, patterns and enums included); a field the schema does not know fails too."""
+    parsed = ServiceMonitor.model_validate(manifest)
+    known = parsed.model_dump(by_alias=True, exclude_none=True, mode="json")
+    assert known == manifest, f"fields outside the ServiceMonitor schema: {manifest}"
+
+
+def test_the_service_monitor_check_catches_typos_and_bad_values() -> None:
+    monitors = [m for m in render("deploy/overlays/monitoring") if m["kind"] == "ServiceMonitor"]
+    assert monitors
+    for manifest in monitors:
+        validate_service_monitor(manifest)
+    (endpoint,) = monitors[0]["spec"]["endpoints"]
+    for wrong in ({"pathh": "/metrics"}, {"interval": "fifteen seconds"}, {"scheme": "gopher"}):
+        with pytest.raises((AssertionError, ValueError)):
+            validate_service_monitor(
+                {**monitors[0], "spec": {**monitors[0]["spec"], "endpoints": [endpoint | wrong]}}
+            )
+
+
 def test_the_monitoring_overlay_adds_service_monitors_and_a_scrape_policy(
     production: list[Manifest],
 ) -> None:
@@ -449,6 +471,8 @@ def test_the_monitoring_overlay_adds_service_monitors_and_a_scrape_policy(
     for manifest in added:
         if manifest["kind"] == "NetworkPolicy":
             kubernetes_validate.validate(manifest, KUBERNETES_VERSIONS[-1], strict=True)
+        else:
+            validate_service_monitor(manifest)
     scraped_ports = set()
     for app in APPS:
         monitor = find(monitoring, "ServiceMonitor", app)
