@@ -149,3 +149,84 @@ async def test_replay_survives_a_later_update_or_delete(
 async def test_malformed_keys_are_422(client: httpx.AsyncClient, key: str) -> None:
     response = await client.post(AUDITS, json=record(), headers={b"Idempotency-Key": key.encode()})
     assert_problem(response, 422, "validation_error")
+
+
+def as_client(client_id: str, key: str) -> dict[str, str]:
+    return {"Idempotency-Key": key, "X-Client-ID": client_id}
+
+
+async def test_keys_are_each_clients_own(client: httpx.AsyncClient, actor: str) -> None:
+    key = str(uuid4())
+    body = record(actor=actor)
+    anonymous = await client.post(AUDITS, json=body, headers=keyed(key))
+    alice = await client.post(AUDITS, json=body, headers=as_client("alice", key))
+    bob = await client.post(AUDITS, json=body, headers=as_client("bob", key))
+    firsts = [anonymous, alice, bob]
+    assert [r.status_code for r in firsts] == [201, 201, 201]
+    assert not any("idempotent-replayed" in r.headers for r in firsts)
+    assert len({r.json()["id"] for r in firsts}) == 3
+    assert [r.json()["client_id"] for r in firsts] == [None, "alice", "bob"]
+
+    # Each replays its own, and another body under the key is only its own reuse.
+    assert (
+        await client.post(AUDITS, json=body, headers=as_client("bob", key))
+    ).json() == bob.json()
+    assert (await client.post(AUDITS, json=body, headers=keyed(key))).json() == anonymous.json()
+    other = record(actor=actor, action="logout")
+    assert_problem(
+        await client.post(AUDITS, json=other, headers=as_client("alice", key)),
+        422,
+        "idempotency_key_reused",
+    )
+    assert (
+        await client.post(AUDITS, json=other, headers=as_client("carol", key))
+    ).status_code == 201
+    assert await count_for(client, actor) == 4
+
+
+async def test_one_clients_key_in_flight_does_not_hold_up_another(
+    client: httpx.AsyncClient, audits_settings: Settings, actor: str
+) -> None:
+    key = str(uuid4())
+    connection = await asyncpg.connect(
+        audits_settings.database_url.get_secret_value().replace("+asyncpg", "")
+    )
+    try:
+        await connection.execute(
+            "SELECT pg_advisory_lock(hashtextextended($1, $2))", f"alice\n{key}", LOCK_SEED
+        )
+        held = await client.post(AUDITS, json=record(actor=actor), headers=as_client("alice", key))
+        assert_problem(held, 409, "idempotency_in_progress")
+        for headers in (as_client("bob", key), keyed(key)):
+            response = await client.post(AUDITS, json=record(actor=actor), headers=headers)
+            assert response.status_code == 201, response.text
+    finally:
+        await connection.close()
+
+
+async def test_purging_one_clients_expired_key_keeps_anothers(
+    client: httpx.AsyncClient, audits_settings: Settings, actor: str
+) -> None:
+    key = str(uuid4())
+    body = record(actor=actor)
+    bob = await client.post(AUDITS, json=body, headers=as_client("bob", key))
+    await client.post(AUDITS, json=body, headers=as_client("alice", key))
+    connection = await asyncpg.connect(
+        audits_settings.database_url.get_secret_value().replace("+asyncpg", "")
+    )
+    try:
+        await connection.execute(
+            "UPDATE idempotency_key SET expires_at = now() - interval '1 second'"
+            " WHERE key = $1 AND client_id = 'alice'",
+            key,
+        )
+        engine = create_async_engine(audits_settings.database_url.get_secret_value())
+        assert await purge_expired_keys(engine) >= 1
+        await engine.dispose()
+        left = await connection.fetch("SELECT client_id FROM idempotency_key WHERE key = $1", key)
+        assert [row["client_id"] for row in left] == ["bob"]
+    finally:
+        await connection.close()
+    replay = await client.post(AUDITS, json=body, headers=as_client("bob", key))
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert replay.json() == bob.json()

@@ -134,6 +134,11 @@ class IdempotencyKey(Base):
 
     __tablename__ = "idempotency_key"
 
+    # Keys are the client's own: one client's key never answers with another's record.
+    # Empty while access control is off (every request is then the same, anonymous client).
+    client_id: Mapped[str] = mapped_column(
+        String(CLIENT_ID_MAX_LENGTH), primary_key=True, server_default=""
+    )
     key: Mapped[str] = mapped_column(String(IDEMPOTENCY_KEY_MAX_LENGTH), primary_key=True)
     # SHA-256 of the canonical request body, hex.
     fingerprint: Mapped[str] = mapped_column(String(64))

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from sqlalchemy import (
     ColumnElement,
     Text,
+    and_,
     bindparam,
     cast,
     delete,
@@ -108,28 +109,47 @@ async def create_audit_idempotent(
 ) -> tuple[Created, bool]:
     """Create once per key; a repeat gets the first response back. Returns (created, replayed)."""
     create = partial(_insert_record, data=data, request_id=request_id, client_id=client_id)
-    return await _create_once(engine, data, key, ttl, create)
+    return await _create_once(engine, data, IdempotencyScope(client_id or "", key), ttl, create)
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyScope:
+    """An `Idempotency-Key` as the client that sent it owns it (`client_id` empty while
+    access control is off)."""
+
+    client_id: str
+    key: str
+
+    def lock(self) -> ColumnElement[bool]:
+        """Try the transaction-scoped advisory lock of this client's key."""
+        # A header value cannot hold a newline, so the two parts cannot run into each other.
+        name = f"{self.client_id}\n{self.key}" if self.client_id else self.key
+        return func.pg_try_advisory_xact_lock(func.hashtextextended(name, _IDEMPOTENCY_LOCK_SEED))
+
+    def row(self) -> ColumnElement[bool]:
+        return and_(
+            idempotency_key.c.client_id == self.client_id, idempotency_key.c.key == self.key
+        )
 
 
 async def _create_once(
     engine: AsyncEngine,
     data: BaseModel,
-    key: str,
+    scope: IdempotencyScope,
     ttl: timedelta,
     create: Callable[[AsyncConnection], Awaitable[Created]],
 ) -> tuple[Created, bool]:
-    """Run `create` once per key; a repeat gets the first response back.
+    """Run `create` once per client and key; a repeat gets the first response back.
 
     The key row and what `create` writes commit in one READ COMMITTED transaction. A
     transaction-scoped advisory lock on the key makes a concurrent repeat fail fast (409)
     instead of waiting, and either both exist or neither does, whichever replica served it.
     """
     digest = fingerprint(data)
-    lock = func.pg_try_advisory_xact_lock(func.hashtextextended(key, _IDEMPOTENCY_LOCK_SEED))
     async with engine.connect() as autocommit:
         connection = await autocommit.execution_options(isolation_level="READ COMMITTED")
         async with connection.begin():
-            if not await connection.scalar(select(lock)):
+            if not await connection.scalar(select(scope.lock())):
                 raise IdempotencyInProgress(
                     "A request with this Idempotency-Key is still being processed; "
                     "retry when it is done."
@@ -140,7 +160,7 @@ async def _create_once(
                         idempotency_key.c.fingerprint,
                         idempotency_key.c.audit_id,
                         idempotency_key.c.response,
-                    ).where(idempotency_key.c.key == key, idempotency_key.c.expires_at > func.now())
+                    ).where(scope.row(), idempotency_key.c.expires_at > func.now())
                 )
             ).one_or_none()
             if stored is not None:
@@ -158,9 +178,13 @@ async def _create_once(
                 "expires_at": func.now() + ttl,
             }
             # A row still there under this key has expired (the lookup above saw none alive).
-            upsert = pg_insert(idempotency_key).values(key=key, **values)
+            upsert = pg_insert(idempotency_key).values(
+                client_id=scope.client_id, key=scope.key, **values
+            )
             await connection.execute(
-                upsert.on_conflict_do_update(index_elements=[idempotency_key.c.key], set_=values)
+                upsert.on_conflict_do_update(
+                    index_elements=[idempotency_key.c.client_id, idempotency_key.c.key], set_=values
+                )
             )
     return created, False
 
@@ -289,7 +313,7 @@ async def delete_audit(
 async def purge_expired_keys(engine: AsyncEngine) -> int:
     """Delete expired idempotency keys in bounded batches; returns how many went."""
     expired = (
-        select(idempotency_key.c.key)
+        select(idempotency_key.c.client_id, idempotency_key.c.key)
         .where(idempotency_key.c.expires_at <= func.now())
         .limit(_PURGE_BATCH)
         .with_for_update(skip_locked=True)
@@ -298,7 +322,9 @@ async def purge_expired_keys(engine: AsyncEngine) -> int:
     for _ in range(_PURGE_MAX_BATCHES):
         async with engine.begin() as connection:
             result = await connection.execute(
-                delete(idempotency_key).where(idempotency_key.c.key.in_(expired))
+                delete(idempotency_key).where(
+                    tuple_(idempotency_key.c.client_id, idempotency_key.c.key).in_(expired)
+                )
             )
         purged += result.rowcount
         if result.rowcount < _PURGE_BATCH:
@@ -375,4 +401,4 @@ async def create_audits_idempotent(
 ) -> tuple[Created, bool]:
     """`create_audits` once per key, as `create_audit_idempotent`."""
     create = partial(_insert_batch, batch=batch, request_id=request_id, client_id=client_id)
-    return await _create_once(engine, batch, key, ttl, create)
+    return await _create_once(engine, batch, IdempotencyScope(client_id or "", key), ttl, create)
