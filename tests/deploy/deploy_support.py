@@ -318,13 +318,9 @@ def _uv() -> str:
     return found
 
 
-def build_image_filesystem(service: str, root: Path) -> ImageFilesystem:
-    """Replay `service`'s Dockerfile into `root`: builder stage, then the final stage's COPYs."""
-    dockerfile = parse_dockerfile(REPO / service / "Dockerfile")
-    ignore = DockerIgnore.load(REPO / ".dockerignore")
-    builder = dockerfile.stage("builder")
-    image_env = builder.env()
-    image_paths = sorted(
+def _image_paths(dockerfile: Dockerfile, image_env: dict[str, str]) -> list[str]:
+    """The image's own absolute paths: workdirs, the venv, the final stage's destinations."""
+    return sorted(
         {i.args for s in dockerfile.stages for i in s.all("WORKDIR")}
         | {image_env["UV_PROJECT_ENVIRONMENT"]}
         | {
@@ -333,8 +329,73 @@ def build_image_filesystem(service: str, root: Path) -> ImageFilesystem:
             if i.args.split()[-1].startswith("/")
         }
     )
-    fs = ImageFilesystem(service, dockerfile, root, image_paths, build_log="")
-    host_env = {
+
+
+@dataclass
+class _BuilderReplay:
+    """The builder stage's instructions, one at a time, on the host."""
+
+    fs: ImageFilesystem
+    image_env: dict[str, str]
+    ignore: DockerIgnore
+    workdir: Path
+    logs: list[str] = field(default_factory=list)
+
+    def replay(self, instruction: Instruction) -> None:
+        if instruction.keyword == "WORKDIR":
+            self.workdir = self.fs.host_path(instruction.args)
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        elif instruction.keyword == "COPY" and instruction.flag("from") is None:
+            self.copy(instruction)
+        elif instruction.keyword == "RUN":
+            self.run(instruction)
+        elif instruction.keyword not in {"ENV", "COPY"}:
+            raise AssertionError(f"cannot replay {instruction.keyword} in the builder stage")
+
+    def copy(self, instruction: Instruction) -> None:
+        *sources, destination = instruction.args.split()
+        target = self.fs.host_path(destination) if destination.startswith("/") else None
+        target = target or self.workdir / destination
+        for source in sources:
+            # A directory's contents go into the target; a file into it when it ends in /.
+            into = destination.endswith("/") and (REPO / source).is_file()
+            _copy_into(REPO / source, target / Path(source).name if into else target, self.ignore)
+
+    def run(self, instruction: Instruction) -> None:
+        mounted = self.bind_mounts(instruction)
+        argv = shlex.split(instruction.args)
+        assert argv[:2] == ["uv", "sync"], f"cannot replay RUN {instruction.args!r}"
+        image_env = {key: self.fs.remap(value) for key, value in self.image_env.items()}
+        env = {**_host_env(self.fs.root), **image_env}
+        result = subprocess.run(
+            [_uv(), *argv[1:]],
+            cwd=self.workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        self.logs.append(f"$ {instruction.args}\n{result.stdout}{result.stderr}")
+        assert result.returncode == 0, self.logs[-1]
+        for target in mounted:
+            target.unlink()
+
+    def bind_mounts(self, instruction: Instruction) -> list[Path]:
+        """A RUN's bind mounts, as copies that did not exist before (removed after it)."""
+        mounted: list[Path] = []
+        for key, value in instruction.flags:
+            options = dict(item.split("=", 1) for item in value.split(","))
+            if key == "mount" and options.get("type") == "bind":
+                target = self.workdir / options["target"]
+                if not target.exists():
+                    _copy_into(REPO / options["source"], target, self.ignore)
+                    mounted.append(target)
+        return mounted
+
+
+def _host_env(root: Path) -> dict[str, str]:
+    return {
         "PATH": os.environ["PATH"],
         "HOME": os.environ.get("HOME", str(root)),
         # The image has exactly one interpreter: give uv the base one of this run, not a venv.
@@ -342,66 +403,39 @@ def build_image_filesystem(service: str, root: Path) -> ImageFilesystem:
         "UV_NO_PROGRESS": "1",
         **{k: v for k, v in os.environ.items() if k in {"UV_CACHE_DIR", "UV_INDEX_URL"}},
     }
-    workdir = root
-    logs: list[str] = []
-    for instruction in builder.instructions:
-        if instruction.keyword == "WORKDIR":
-            workdir = fs.host_path(instruction.args)
-            workdir.mkdir(parents=True, exist_ok=True)
-        elif instruction.keyword == "COPY" and instruction.flag("from") is None:
-            *sources, destination = instruction.args.split()
-            target = fs.host_path(destination) if destination.startswith("/") else None
-            target = target or workdir / destination
-            for source in sources:
-                # A directory's contents go into the target; a file into it when it ends in /.
-                into = destination.endswith("/") and (REPO / source).is_file()
-                _copy_into(REPO / source, target / Path(source).name if into else target, ignore)
-        elif instruction.keyword == "RUN":
-            mounted: list[Path] = []
-            for key, value in instruction.flags:
-                options = dict(item.split("=", 1) for item in value.split(","))
-                if key == "mount" and options.get("type") == "bind":
-                    target = workdir / options["target"]
-                    if not target.exists():
-                        _copy_into(REPO / options["source"], target, ignore)
-                        mounted.append(target)
-            argv = shlex.split(instruction.args)
-            assert argv[:2] == ["uv", "sync"], f"cannot replay RUN {instruction.args!r}"
-            env = {**host_env, **{k: fs.remap(v) for k, v in image_env.items()}}
-            result = subprocess.run(
-                [_uv(), *argv[1:]],
-                cwd=workdir,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
-            logs.append(f"$ {instruction.args}\n{result.stdout}{result.stderr}")
-            assert result.returncode == 0, logs[-1]
-            for target in mounted:
-                target.unlink()
-        elif instruction.keyword not in {"ENV", "COPY"}:
-            raise AssertionError(f"cannot replay {instruction.keyword} in the builder stage")
-    fs.build_log = "\n".join(logs)
 
-    # The final stage starts from a clean base: keep only what it copies from the builder
-    # (at the same path, so the venv's absolute paths stay right), then its own COPYs.
-    staging = root.with_name(root.name + ".final")
-    for instruction in dockerfile.final.all("COPY"):
+
+def _keep_final_stage(fs: ImageFilesystem, ignore: DockerIgnore) -> None:
+    """The final stage starts from a clean base: keep only what it copies from the builder
+    (at the same path, so the venv's absolute paths stay right), then its own COPYs."""
+    staging = fs.root.with_name(fs.root.name + ".final")
+    for instruction in fs.dockerfile.final.all("COPY"):
         source, destination = instruction.args.split()
         if instruction.flag("from") == "builder":
             assert source.rstrip("/") == destination.rstrip("/"), "venv must keep its path"
             kept = staging / source.lstrip("/")
             kept.parent.mkdir(parents=True, exist_ok=True)
             fs.host_path(source).rename(kept)
-    shutil.rmtree(root)
-    staging.rename(root)
-    for instruction in dockerfile.final.all("COPY"):
+    shutil.rmtree(fs.root)
+    staging.rename(fs.root)
+    for instruction in fs.dockerfile.final.all("COPY"):
         if instruction.flag("from") is None:
             source, destination = instruction.args.split()
             _copy_into(REPO / source, fs.host_path(destination), ignore)
     fs.workdir.mkdir(parents=True, exist_ok=True)
+
+
+def build_image_filesystem(service: str, root: Path) -> ImageFilesystem:
+    """Replay `service`'s Dockerfile into `root`: builder stage, then the final stage's COPYs."""
+    dockerfile = parse_dockerfile(REPO / service / "Dockerfile")
+    ignore = DockerIgnore.load(REPO / ".dockerignore")
+    image_env = dockerfile.stage("builder").env()
+    fs = ImageFilesystem(service, dockerfile, root, _image_paths(dockerfile, image_env), "")
+    builder = _BuilderReplay(fs, image_env, ignore, workdir=root)
+    for instruction in dockerfile.stage("builder").instructions:
+        builder.replay(instruction)
+    fs.build_log = "\n".join(builder.logs)
+    _keep_final_stage(fs, ignore)
     return fs
 
 

@@ -104,6 +104,8 @@ def running(image: ImageFilesystem, log: Path, **env: str) -> Iterator[str]:
     cmd = image.dockerfile.cmd()
     host = cmd.index("--host") + 1
     cmd[host] = "127.0.0.1"
+    # The gateway's metrics listener too: the image's 9100 may be taken on this host.
+    env = {"METRICS_PORT": str(free_port()), **env}
     process = image.popen(cmd, log, UVICORN_PORT=port, **env)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
