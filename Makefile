@@ -13,8 +13,11 @@ $(CURDIR)/.data/tools/bin/uv:
 	python3 -m venv $(CURDIR)/.data/tools
 	$(CURDIR)/.data/tools/bin/pip install --quiet uv
 
+# Bytecode compiled once here: with PYTHONDONTWRITEBYTECODE set (CI, containers) every
+# process would otherwise compile each module it imports again (see `make bench`, row
+# `cold-start`).
 sync: $(UV)
-	$(UV) sync --frozen --all-packages
+	$(UV) sync --frozen --all-packages --compile-bytecode
 
 run: sync
 	$(UV) run --frozen python -m devstack.run
