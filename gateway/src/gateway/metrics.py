@@ -61,6 +61,8 @@ class UpstreamMetrics:
         self._retries = UPSTREAM_RETRIES.labels(upstream)
         self._rate_limited = RATE_LIMITED.labels(upstream)
         self._upstream = upstream
+        # By key id, bound on a key's first request: as many as the keys file has had.
+        self._clients: dict[str, Counter] = {}
 
     def response(self, status: int, seconds: float) -> None:
         self._outcomes[f"{min(max(status // 100, 1), 5)}xx"].inc()
@@ -84,7 +86,10 @@ class UpstreamMetrics:
             AUTH_REJECTED.labels(self._upstream, code).inc()
 
     def admitted(self, client_id: str) -> None:
-        CLIENT_REQUESTS.labels(self._upstream, client_id).inc()
+        series = self._clients.get(client_id)
+        if series is None:
+            series = self._clients[client_id] = CLIENT_REQUESTS.labels(self._upstream, client_id)
+        series.inc()
 
 
 @contextmanager
