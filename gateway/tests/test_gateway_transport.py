@@ -10,7 +10,8 @@ import pytest
 import uvicorn
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.transport import ConnectionPool, HttpxTransport
+from gateway.transport import HttpxTransport
+from servicekit.pool import ConnectionPool
 
 
 class Upstream:

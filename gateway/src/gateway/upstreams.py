@@ -10,8 +10,9 @@ from loguru import logger
 
 from gateway.config import Settings
 from gateway.metrics import UpstreamMetrics
-from gateway.transport import ConnectionPool, Connector, HttpxTransport, Origin, default_port
+from gateway.transport import Connector, HttpxTransport, Origin, default_port
 from servicekit import ServiceError, UpstreamTimeout, UpstreamUnavailable
+from servicekit.pool import ConnectionPool
 
 API_PREFIX = "/api/v1"
 

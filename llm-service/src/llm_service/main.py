@@ -13,6 +13,7 @@ from llm_service.chat.exceptions import LLMNotConfigured, UpstreamAuthFailed
 from llm_service.chat.guards import Guards
 from llm_service.chat.router import router as chat_router
 from llm_service.chat.service import ChatService
+from llm_service.chat.transport import PooledTransport
 from llm_service.chat.upstream import KeyStatus, UpstreamClient, check_key
 from llm_service.chat.wire import WireService
 from llm_service.config import Settings
@@ -43,7 +44,7 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
         return
     # The one client (and connection pool) of this process; retries belong to
     # UpstreamClient's policy alone.
-    http = DefaultAsyncHttpxClient(timeout=settings.openai_timeout)
+    http = DefaultAsyncHttpxClient(timeout=settings.openai_timeout, transport=PooledTransport())
     client = AsyncOpenAI(
         api_key=settings.openai_api_key.get_secret_value(),
         base_url=settings.openai_base_url,
