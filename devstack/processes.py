@@ -14,7 +14,11 @@ from typing import IO
 from devstack.postgres import free_port
 
 # The gateway is the public edge: its own protocol class adds connection limits to uvicorn's.
-HTTP_PROTOCOLS = {"gateway": "gateway.server:EdgeHttpProtocol"}
+# The llm service's coalesces a response's writes (servicekit.server), as the gateway's does.
+HTTP_PROTOCOLS = {
+    "gateway": "gateway.server:EdgeHttpProtocol",
+    "llm": "servicekit.server:HttpProtocol",
+}
 # The gateway applies TRUSTED_PROXIES to X-Forwarded-For itself; uvicorn's own proxy-header
 # handling (on by default, trusting 127.0.0.1) would let any local client pick its address.
 OWN_PROXY_HEADERS = frozenset({"gateway"})

@@ -131,6 +131,9 @@ def test_cmd_is_uvicorn_factory_configured_from_env(
         # Only the gateway reaches the internal services; they believe its X-Forwarded-*.
         assert params["proxy_headers"] is True
         assert params["forwarded_allow_ips"] == "*"
+    if service == "llm":
+        # A stream's head and first chunks leave in one write.
+        assert params["http"] == "servicekit.server:HttpProtocol"
 
 
 def test_dockerignore_keeps_local_state_and_tests_out() -> None:

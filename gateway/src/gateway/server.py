@@ -1,5 +1,6 @@
-"""The gateway's HTTP/1.1 server protocol: uvicorn's httptools protocol with the connection
-limits a public edge needs, enforced before a request reaches the app.
+"""The gateway's HTTP/1.1 server protocol: servicekit's (uvicorn's httptools protocol, its
+writes coalesced) with the connection limits a public edge needs, enforced before a request
+reaches the app.
 
 Serve the gateway with `uvicorn --http gateway.server:EdgeHttpProtocol` (`make run`, the image
 and the manifests do). On top of uvicorn's own behaviour:
@@ -29,11 +30,10 @@ request ID.
 
 import asyncio
 import uuid
-from collections.abc import Callable
 from functools import cache
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from gateway.config import Settings
 from servicekit import REQUEST_ID_HEADER
@@ -46,6 +46,7 @@ from servicekit.errors import (
     ServiceUnavailable,
 )
 from servicekit.problems import PROBLEM_MEDIA_TYPE, problem_body
+from servicekit.server import HttpProtocol
 
 
 @cache
@@ -91,31 +92,9 @@ def problem_bytes(refusal: ServiceError) -> bytes:
     )
 
 
-class _CycleTransport(asyncio.Transport):
-    """The connection's transport as uvicorn's request cycles see it (they only write, ask
-    whether it is closing and close it): closing is the protocol's `close_after_response`."""
-
-    def __init__(self, transport: asyncio.Transport, close: Callable[[], None]) -> None:
-        super().__init__()
-        self.transport = transport
-        self._close = close
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.transport.write(data)
-
-    def is_closing(self) -> bool:
-        return self.transport.is_closing()
-
-    def close(self) -> None:
-        self._close()
-
-    def detach(self) -> None:
-        """The connection is gone: a cycle still running may only close the transport."""
-        self._close = self.transport.close
-
-
-class EdgeHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with connection-level limits (see the module's doc)."""
+class EdgeHttpProtocol(HttpProtocol):
+    """servicekit's protocol (uvicorn's httptools one, its writes coalesced) with
+    connection-level limits (see the module's doc)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -130,7 +109,6 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self.refused = False
         self.pending_refusal: ServiceError | None = None
         self.header_deadline: asyncio.TimerHandle | None = None
-        self.cycle_transport = _CycleTransport(transport, self.close_after_response)
         self.lingering_until: float | None = None
         self.lingering_input = 0.0
         self.lingering_bytes = 0
@@ -154,8 +132,8 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         # A connection's objects point at each other (protocol, request cycle, transport
         # wrapper, bound methods). Cut those links now, so they are freed by reference
         # counting as the connection ends instead of waiting for a full collection, which the
-        # raised GC thresholds (`servicekit.runtime`) make rare.
-        self.cycle_transport.detach()
+        # raised GC thresholds (`servicekit.runtime`) make rare. (`HttpProtocol` detaches the
+        # cycle transport.)
         self.cycle = None  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
@@ -199,7 +177,6 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             return  # a WebSocket: uvicorn hands the connection to its WebSocket protocol
         self.requests += 1
         cycle = self.cycle
-        cycle.transport = self.cycle_transport
         # An ignored Upgrade (h2c) makes this the connection's last request: the parser
         # treats what follows as upgrade data.
         self.keep_alive_wanted = cycle.keep_alive and not self.parser.should_upgrade()
@@ -255,6 +232,9 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         go out first, in order, and the connection closes after the last of them (the refusal
         itself unsent), so no answer ever goes to the wrong request."""
         self.refused = True
+        # What earlier responses left held goes out before the refusal, which is written
+        # straight to the socket.
+        self.cycle_transport.flush()
         self.disarm_header_deadline()
         self.flow.pause_reading()
         cycle = self.cycle

@@ -308,11 +308,11 @@ class Exchange:
     async def _stream(self, response: UpstreamResponse) -> None:
         start = self._start(response)
         try:
-            await self.send(start)
             if any(name == b"content-length" for name, _ in start["headers"]):
+                await self.send(start)
                 await _pump_sized(response.stream, self.send)
             else:
-                await self._pump_until_disconnect(response.stream)
+                await self._pump_until_disconnect(start, response.stream)
         except httpx.TransportError as exc:
             # The status line is already sent: all that is left is to cut the response short,
             # so the client sees a truncated body rather than a clean end.
@@ -332,10 +332,10 @@ class Exchange:
             ]
         return {"type": "http.response.start", "status": response.status, "headers": headers}
 
-    async def _pump_until_disconnect(self, stream: httpx.AsyncByteStream) -> None:
+    async def _pump_until_disconnect(self, start: Message, stream: httpx.AsyncByteStream) -> None:
         """A stream of unknown length (SSE) ends early when its client leaves, so the
         upstream (and OpenAI behind it) stops working for nobody."""
-        pump = asyncio.ensure_future(_pump(stream, self.send))
+        pump = asyncio.ensure_future(_pump(start, stream, self.send))
         watcher = asyncio.ensure_future(_wait_for_disconnect(self.receive))
         try:
             await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)
@@ -349,7 +349,10 @@ class Exchange:
             await asyncio.gather(pump, return_exceptions=True)
 
 
-async def _pump(stream: httpx.AsyncByteStream, send: Send) -> None:
+async def _pump(start: Message, stream: httpx.AsyncByteStream, send: Send) -> None:
+    """The response's head, then its body: the head goes in the same pass of the event loop
+    as the chunk already in hand, so that both leave in one write (`servicekit.server`)."""
+    await send(start)
     async for chunk in stream:
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
