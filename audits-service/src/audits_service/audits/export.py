@@ -30,7 +30,12 @@ from audits_service.audits.constants import (
 )
 from audits_service.audits.models import audit_record
 from audits_service.audits.schemas import AuditExportParams, AuditRecordResponse
-from audits_service.audits.service import NEWEST_FIRST, filter_conditions, listed_after
+from audits_service.audits.service import (
+    NEWEST_FIRST,
+    filter_conditions,
+    filter_values,
+    listed_after,
+)
 from audits_service.database import DatabaseUnavailable, is_unavailable
 from audits_service.streaming import ClosingStreamingResponse, StreamInterrupted
 from servicekit import ServiceError
@@ -129,14 +134,15 @@ class _Export:
         self.engine = engine
         escaped = params.escape_formulas and params.format is ExportFormat.CSV
         self.format = _ESCAPED_CSV if escaped else _FORMATS[params.format]
-        self.conditions = filter_conditions(params)
+        self.filters = filter_values(params)
         self.path = path
         self.rows_sent = 0
 
     async def fetch(self, after: _Row | None) -> _Rows:
         """The next chunk, on a connection of its own; a database failure is a 503."""
         c = audit_record.c
-        query = select(c.created_at, c.id, *self.format.columns).where(*self.conditions)
+        conditions = filter_conditions(frozenset(self.filters))
+        query = select(c.created_at, c.id, *self.format.columns).where(*conditions)
         if after is not None:
             query = query.where(listed_after(after.created_at, after.id))
         query = query.order_by(*NEWEST_FIRST).limit(EXPORT_CHUNK_ROWS)
@@ -145,7 +151,7 @@ class _Export:
             # go back to the pool clean, instead of cancelling it half-way through.
             with anyio.CancelScope(shield=True):
                 async with self.engine.connect() as connection:
-                    rows = (await connection.execute(query)).all()
+                    rows = (await connection.execute(query, self.filters)).all()
         except Exception as exc:
             if is_unavailable(exc):
                 raise DatabaseUnavailable from exc
