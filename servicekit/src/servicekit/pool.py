@@ -83,6 +83,10 @@ class _Connection(asyncio.Protocol):
             self.error = httpx.RemoteProtocolError("upstream closed the connection")
         self._can_write.set()
         self._wake()
+        # The parser holds this protocol's bound methods: without it a closed connection is
+        # freed by reference counting at once instead of by a full collection, which the
+        # raised GC thresholds (`servicekit.runtime`) make rare.
+        del self.parser
 
     def pause_writing(self) -> None:
         self._can_write.clear()
