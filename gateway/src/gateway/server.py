@@ -36,6 +36,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from gateway.config import Settings
+from gateway.memory import idle_trim
 from servicekit import REQUEST_ID_HEADER
 from servicekit.errors import (
     BadRequest,
@@ -135,6 +136,7 @@ class EdgeHttpProtocol(HttpProtocol):
         # raised GC thresholds (`servicekit.runtime`) make rare. (`HttpProtocol` detaches the
         # cycle transport.)
         self.cycle = None  # type: ignore[assignment]
+        idle_trim.connection_closed(self.loop, self.connections)
 
     def data_received(self, data: bytes) -> None:
         if self.lingering_until is not None:
