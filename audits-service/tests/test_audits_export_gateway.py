@@ -89,8 +89,11 @@ def deployment(
     asyncio.run(_seed(url))
     service_url = provision_service_role(url)
     log = tmp_path_factory.mktemp("export") / "audits.log"
-    audits = start("audits", {"DATABASE_URL": service_url}, log)
+    # A sealing round soon after the start, so that waiting for the seeded events' (`_sealed`)
+    # takes seconds.
+    audits = start("audits", {"DATABASE_URL": service_url, "AUDIT_SEAL_INTERVAL": "0.5"}, log)
     try:
+        asyncio.run(_sealed(url, audits.url))
         gateway_env = {
             "AUDITS_SERVICE_URL": audits.url,
             "LLM_SERVICE_URL": f"http://127.0.0.1:{free_port()}",
@@ -112,6 +115,22 @@ async def _seed(url: str) -> None:
         await connection.execute("VACUUM ANALYZE audit_record")
     finally:
         await connection.close()
+
+
+async def _sealed(url: str, audits_url: str) -> None:
+    """Returns once the service's sealer has sealed every seeded event. Sealing reads
+    10,000 events at a time into the service's memory, and the export's memory check must
+    measure the export alone."""
+    connection = await asyncpg.connect(url)
+    try:
+        last = await connection.fetchval("SELECT coalesce(max(seq), 0) FROM audit_event")
+    finally:
+        await connection.close()
+    async with httpx.AsyncClient(base_url=audits_url) as client, asyncio.timeout(120):
+        while True:
+            if (await client.get(f"{AUDITS}/head")).json()["seq"] >= last:
+                return
+            await asyncio.sleep(0.2)
 
 
 @pytest.fixture
