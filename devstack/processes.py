@@ -13,10 +13,11 @@ from typing import IO
 
 from devstack.postgres import free_port
 
-# The gateway is the public edge: its own protocol class adds connection limits to uvicorn's.
-# The llm service's coalesces a response's writes (servicekit.server), as the gateway's does.
+# uvicorn's httptools protocol with a response's writes of one event-loop pass sent as one
+# (servicekit.server); the gateway, the public edge, adds its connection limits to it.
 HTTP_PROTOCOLS = {
     "gateway": "gateway.server:EdgeHttpProtocol",
+    "audits": "servicekit.server:HttpProtocol",
     "llm": "servicekit.server:HttpProtocol",
 }
 # The gateway applies TRUSTED_PROXIES to X-Forwarded-For itself; uvicorn's own proxy-header
@@ -83,7 +84,7 @@ class ServiceProcess:
             APPS[self.name],
             self.port,
             own_proxy_headers=self.name in OWN_PROXY_HEADERS,
-            http=HTTP_PROTOCOLS.get(self.name, "httptools"),
+            http=HTTP_PROTOCOLS[self.name],
         )
         self.process = subprocess.Popen(
             [*command, *self.extra_args],
