@@ -24,7 +24,7 @@ from bench.report import Row, markdown, summary
 from bench.rows import ROWS, Bench, Settings
 from bench.stack import Skip, Stack
 
-# Every row fits (the full run takes about 25 minutes); the budget only bounds a run whose
+# Every row fits (the full run takes about 20 minutes); the budget only bounds a run whose
 # rows hang or crawl. A row is not started when it could overrun.
 BUDGET_S = 2700.0
 ROW_RESERVE_S = 45.0
