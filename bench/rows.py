@@ -423,18 +423,18 @@ def proxy(bench: Bench) -> list[Row]:
             "proxy",
             "trivial FastAPI upstream behind the gateway",
             "the same upstream direct",
-            "≥0.5, p99 ≤2x direct",
+            "≥0.9, p99 ≤1.3x direct",
         ),
         (
             bench.http(Target(upstream + path), watch=("upstream",)),
             bench.http(Target(gateway + path), watch=("gateway-upstream", "upstream")),
         ),
-        0.5,
+        0.9,
         cpu=(
             {"gateway": "gateway-upstream", "upstream": "upstream"},
             {"upstream direct": "upstream"},
         ),
-        p99_factor=2,
+        p99_factor=1.3,
         judge_reference=False,
     )
 
@@ -557,13 +557,13 @@ def audits_get(bench: Bench) -> list[Row]:
             "audits-get",
             "GET /api/v1/audits/{id} through the gateway",
             "the same, direct to audits-service",
-            "≥0.8",
+            "≥0.9",
         ),
         (
             bench.http(Target(audits + path), watch=("audits",)),
             bench.http(Target(gateway + path), watch=("gateway", "audits")),
         ),
-        0.8,
+        0.9,
         cpu=({"gateway": "gateway", "audits": "audits"}, {"audits direct": "audits"}),
     )
 
