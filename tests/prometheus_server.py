@@ -115,6 +115,18 @@ class Prometheus:
         response = httpx.get(f"{self.url}/api/v1/label/__name__/values", timeout=10)
         return set(response.json()["data"])
 
+    def wait_for_scrapes(self, jobs: str = "gateway|audits|llm", timeout: float = 30.0) -> None:
+        """Until each of `jobs` has been scraped again: each is scraped on its own schedule,
+        so one job's fresh numbers say nothing of another's."""
+        since = time.time()
+        query = f'min(timestamp(up{{job=~"{jobs}"}}))'
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.scalar(query) > since:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"{jobs} not all scraped within {timeout} s")
+
     def wait_until(self, promql: str, expected: float, timeout: float = 30.0) -> None:
         """Until `promql` (a scalar-like query) is `expected`: the last scrape is recent."""
         deadline = time.monotonic() + timeout

@@ -93,8 +93,10 @@ def send_the_mix(scraped: Scraped) -> int:
 def test_counts_by_route_and_status_tokens_and_retries(scraped: Scraped) -> None:
     tokens = send_the_mix(scraped)
     prometheus = scraped.prometheus
+    # Each job is scraped on its own schedule: wait for a scrape of every one after the mix.
     prometheus.wait_until('sum(llm_upstream_calls_total{job="llm"})', 3)
     prometheus.wait_until('sum(http_requests_total{job="gateway", route=~"/api/v1/.*"})', 14)
+    prometheus.wait_until('sum(http_requests_total{job="audits", route=~"/api/v1/.*"})', 11)
 
     audits = prometheus.by(
         'sum by (route, method, status) (http_requests_total{job="audits"})',
@@ -155,6 +157,7 @@ def test_random_paths_and_queries_add_no_label_values(scraped: Scraped) -> None:
     before = prometheus.scalar('sum(http_requests_total{job="gateway"})')
     asyncio.run(_flood(scraped.gateway))
     prometheus.wait_until('sum(http_requests_total{job="gateway"})', before + FLOOD)
+    prometheus.wait_for_scrapes()
 
     assert label_values(prometheus, "route") <= {
         "unmatched",
