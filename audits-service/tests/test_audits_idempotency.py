@@ -1,6 +1,8 @@
 """Idempotency-Key on POST: replay, reuse with another body, in-flight repeats, expiry."""
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from uuid import uuid4
 
@@ -17,6 +19,25 @@ from testkit.checks import assert_problem
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 LOCK_SEED = 0x6175646974
+
+
+@asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection to the service's database, beside the service's own pool."""
+    url = settings.database_url.get_secret_value().replace("+asyncpg", "")
+    connection = await asyncpg.connect(url)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def purge_expired(settings: Settings) -> int:
+    engine = create_async_engine(settings.database_url.get_secret_value())
+    try:
+        return await purge_expired_keys(engine)
+    finally:
+        await engine.dispose()
 
 
 def keyed(key: str) -> dict[str, str]:
@@ -60,10 +81,7 @@ async def test_repeat_while_in_flight_is_409(
 ) -> None:
     key = str(uuid4())
     # Hold the key's lock the way an in-flight first request does.
-    connection = await asyncpg.connect(
-        audits_settings.database_url.get_secret_value().replace("+asyncpg", "")
-    )
-    try:
+    async with database(audits_settings) as connection:
         await connection.execute(
             "SELECT pg_advisory_lock(hashtextextended($1, $2))", key, LOCK_SEED
         )
@@ -71,8 +89,6 @@ async def test_repeat_while_in_flight_is_409(
         problem = assert_problem(response, 409, "idempotency_in_progress")
         assert "still being processed" in problem["detail"]
         assert response.headers["retry-after"] == "1"
-    finally:
-        await connection.close()
     assert await count_for(client, actor) == 0
     created = await client.post(AUDITS, json=record(actor=actor), headers=keyed(key))
     assert created.status_code == 201
@@ -99,9 +115,7 @@ async def test_keys_expire_after_the_ttl(
 ) -> None:
     key = str(uuid4())
     first = await client.post(AUDITS, json=record(actor=actor), headers=keyed(key))
-    url = audits_settings.database_url.get_secret_value().replace("+asyncpg", "")
-    connection = await asyncpg.connect(url)
-    try:
+    async with database(audits_settings) as connection:
         lifetime = await connection.fetchval(
             "SELECT expires_at - created_at FROM idempotency_key WHERE key = $1", key
         )
@@ -121,15 +135,11 @@ async def test_keys_expire_after_the_ttl(
             "UPDATE idempotency_key SET expires_at = now() - interval '1 second' WHERE key = $1",
             key,
         )
-        engine = create_async_engine(audits_settings.database_url.get_secret_value())
-        assert await purge_expired_keys(engine) >= 1
-        await engine.dispose()
+        assert await purge_expired(audits_settings) >= 1
         assert (
             await connection.fetchval("SELECT count(*) FROM idempotency_key WHERE key = $1", key)
             == 0
         )
-    finally:
-        await connection.close()
     assert await count_for(client, actor) == 2
 
 
@@ -188,10 +198,7 @@ async def test_one_clients_key_in_flight_does_not_hold_up_another(
     client: httpx.AsyncClient, audits_settings: Settings, actor: str
 ) -> None:
     key = str(uuid4())
-    connection = await asyncpg.connect(
-        audits_settings.database_url.get_secret_value().replace("+asyncpg", "")
-    )
-    try:
+    async with database(audits_settings) as connection:
         await connection.execute(
             "SELECT pg_advisory_lock(hashtextextended($1, $2))", f"alice\n{key}", LOCK_SEED
         )
@@ -200,8 +207,6 @@ async def test_one_clients_key_in_flight_does_not_hold_up_another(
         for headers in (as_client("bob", key), keyed(key)):
             response = await client.post(AUDITS, json=record(actor=actor), headers=headers)
             assert response.status_code == 201, response.text
-    finally:
-        await connection.close()
 
 
 async def test_purging_one_clients_expired_key_keeps_anothers(
@@ -211,22 +216,15 @@ async def test_purging_one_clients_expired_key_keeps_anothers(
     body = record(actor=actor)
     bob = await client.post(AUDITS, json=body, headers=as_client("bob", key))
     await client.post(AUDITS, json=body, headers=as_client("alice", key))
-    connection = await asyncpg.connect(
-        audits_settings.database_url.get_secret_value().replace("+asyncpg", "")
-    )
-    try:
+    async with database(audits_settings) as connection:
         await connection.execute(
             "UPDATE idempotency_key SET expires_at = now() - interval '1 second'"
             " WHERE key = $1 AND client_id = 'alice'",
             key,
         )
-        engine = create_async_engine(audits_settings.database_url.get_secret_value())
-        assert await purge_expired_keys(engine) >= 1
-        await engine.dispose()
+        assert await purge_expired(audits_settings) >= 1
         left = await connection.fetch("SELECT client_id FROM idempotency_key WHERE key = $1", key)
         assert [row["client_id"] for row in left] == ["bob"]
-    finally:
-        await connection.close()
     replay = await client.post(AUDITS, json=body, headers=as_client("bob", key))
     assert replay.headers["idempotent-replayed"] == "true"
     assert replay.json() == bob.json()
