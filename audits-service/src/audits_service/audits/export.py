@@ -135,14 +135,14 @@ class _Export:
         escaped = params.escape_formulas and params.format is ExportFormat.CSV
         self.format = _ESCAPED_CSV if escaped else _FORMATS[params.format]
         self.filters = filter_values(params)
+        self.conditions = filter_conditions(frozenset(self.filters))
         self.path = path
         self.rows_sent = 0
 
     async def fetch(self, after: _Row | None) -> _Rows:
         """The next chunk, on a connection of its own; a database failure is a 503."""
         c = audit_record.c
-        conditions = filter_conditions(frozenset(self.filters))
-        query = select(c.created_at, c.id, *self.format.columns).where(*conditions)
+        query = select(c.created_at, c.id, *self.format.columns).where(*self.conditions)
         if after is not None:
             query = query.where(listed_after(after.created_at, after.id))
         query = query.order_by(*NEWEST_FIRST).limit(EXPORT_CHUNK_ROWS)

@@ -241,16 +241,16 @@ def _page(filters: frozenset[str], cursor: bool) -> Select[Any]:
 async def list_audits(engine: AsyncEngine, params: AuditListParams) -> bytes:
     """One page as the JSON of `AuditRecordPage`."""
     filters = filter_values(params)
+    names = frozenset(filters)
     values = {**filters, "limit": params.limit + 1, "offset": params.offset}
     if params.cursor is not None:
         values.update(after_created_at=params.cursor.created_at, after_id=params.cursor.id)
     total = None
     async with engine.connect() as connection:
-        page = _page(frozenset(filters), params.cursor is not None)
+        page = _page(names, params.cursor is not None)
         rows = (await connection.execute(page, values)).all()
         if params.include_total:
-            conditions = filter_conditions(frozenset(filters))
-            count = select(func.count()).select_from(audit_record).where(*conditions)
+            count = select(func.count()).select_from(audit_record).where(*filter_conditions(names))
             total = (await connection.execute(count, filters)).scalar_one()
     items = [record_values(row) for row in rows[: params.limit]]
     next_cursor = None
