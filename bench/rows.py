@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import psutil
 
+from audits_service.trail.retention import PURGE_BATCH
 from bench.load import Load, LoadRunner, Target, median_load, paired, repeated
 from bench.report import Row, ms, pair_ms, rate
 from bench.stack import Skip, Stack, http_get, http_send, wait_http
@@ -772,7 +773,7 @@ def audits_retention(bench: Bench) -> list[Row]:
     return [
         Row(
             key="trail-retention",
-            path=f"retention purge of {MILLION:,} expired records, 5,000 per batch",
+            path=f"retention purge of {MILLION:,} expired records, {PURGE_BATCH:,} per batch",
             value=f"{result['purged'] / result['seconds']:,.0f} rows/s",
             target="all purged, verify intact",
             verdict="PASS" if purged_ok else "FAIL",

@@ -2,11 +2,16 @@
 
 Each batch is its own short transaction deleting at most `PURGE_BATCH` rows chosen with
 `FOR UPDATE SKIP LOCKED`, so writers never wait for the purge and a record being updated
-is simply taken by a later batch. The trigger writes a `purge` event for every row (the
+is simply taken by a later batch. After each batch the purge pauses for as long as the batch
+took: every batch writes a burst of WAL (the deletes and their events), and a live write's
+commit has to flush whatever WAL precedes it, so an unpaced purge would stretch every commit
+for as long as it runs. The trigger writes a `purge` event for every row (the
 transaction-local setting `audit.purge` tells it apart from a DELETE request), so the
 trail stays verifiable. One purger at a time, across replicas: `JobLock.RETENTION`.
 """
 
+import asyncio
+import time
 from uuid import uuid4
 
 import asyncpg
@@ -14,9 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from audits_service.trail.locks import JobLock, leader
 
-PURGE_BATCH = 5_000
+PURGE_BATCH = 1_000
 # Batches per run; the next run continues where this one stopped.
-PURGE_MAX_BATCHES = 2_000
+PURGE_MAX_BATCHES = 10_000
 
 
 async def _purge_batch(connection: asyncpg.Connection, days: int, run: str) -> int:
@@ -47,8 +52,10 @@ async def purge_expired_records(engine: AsyncEngine, days: int) -> int | None:
         run = f"retention-{uuid4()}"
         purged = 0
         for _ in range(PURGE_MAX_BATCHES):
+            started = time.perf_counter()
             batch = await _purge_batch(connection, days, run)
             purged += batch
             if batch < PURGE_BATCH:
                 break
+            await asyncio.sleep(time.perf_counter() - started)
         return purged
