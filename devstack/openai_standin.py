@@ -75,6 +75,9 @@ async def _read_request(reader: asyncio.StreamReader) -> RecordedCall:
         headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
     length = int(headers.get("content-length", "0"))
     body = await reader.readexactly(length) if length else b""
+    if target.startswith(("http://", "https://")):
+        # The absolute form, as a client sends it to a proxy: the stand-in serves as one.
+        target = "/" + target.split("/", 3)[3] if target.count("/") >= 3 else "/"
     return RecordedCall(method, target.split("?", 1)[0], headers, body)
 
 

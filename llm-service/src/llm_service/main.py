@@ -13,7 +13,6 @@ from llm_service.chat.exceptions import LLMNotConfigured, UpstreamAuthFailed
 from llm_service.chat.guards import Guards
 from llm_service.chat.router import router as chat_router
 from llm_service.chat.service import ChatService
-from llm_service.chat.transport import PooledTransport
 from llm_service.chat.upstream import KeyStatus, UpstreamClient, check_key
 from llm_service.chat.wire import WireService
 from llm_service.config import Settings
@@ -42,9 +41,10 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
         logger.warning("OPENAI_API_KEY is not set: the service is not ready and answers 503")
         yield {"chat": None, "wire": None, "key_status": KeyStatus.MISSING}
         return
-    # The one client (and connection pool) of this process; retries belong to
-    # UpstreamClient's policy alone.
-    http = DefaultAsyncHttpxClient(timeout=settings.openai_timeout, transport=PooledTransport())
+    # The one client of this process (UpstreamClient sends over its own hop unless the
+    # environment names a proxy for the upstream); retries belong to UpstreamClient's
+    # policy alone.
+    http = DefaultAsyncHttpxClient(timeout=settings.openai_timeout)
     client = AsyncOpenAI(
         api_key=settings.openai_api_key.get_secret_value(),
         base_url=settings.openai_base_url,
@@ -52,17 +52,19 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[State]:
         max_retries=0,
         http_client=http,
     )
+    upstream = UpstreamClient(client, http, settings)
     try:
         status = KeyStatus.UNCHECKED
         if settings.openai_validate_on_startup:
             status = await check_key(client, settings)
-        upstream, guards = UpstreamClient(client, http, settings), Guards(settings)
+        guards = Guards(settings)
         yield {
             "chat": ChatService(upstream, guards),
             "wire": WireService(upstream, guards),
             "key_status": status,
         }
     finally:
+        await upstream.aclose()
         await client.close()
 
 

@@ -61,13 +61,15 @@ class UpstreamStatusError(Exception):
         self.error = error
 
     @classmethod
-    def from_response(cls, response: httpx2.Response) -> "UpstreamStatusError":
+    def from_reply(
+        cls, status: int, headers: httpx2.Headers, content: bytes
+    ) -> "UpstreamStatusError":
         try:
-            body = orjson.loads(response.content)
+            body = orjson.loads(content)
         except orjson.JSONDecodeError:
             body = None
         error = body.get("error", body) if isinstance(body, dict) else None
-        return cls(response.status_code, response.headers, error if isinstance(error, dict) else {})
+        return cls(status, headers, error if isinstance(error, dict) else {})
 
 
 _UPSTREAM_ERROR_FIELDS = ("type", "param", "code")

@@ -5,7 +5,7 @@ import contextlib
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -29,6 +29,7 @@ from llm_service.chat.exceptions import (
     UpstreamTimeout,
 )
 from llm_service.chat.retry import UPSTREAM_FAILURES, retry_after, retry_policy
+from llm_service.chat.transport import Hop, Reply, upstream_hop
 from llm_service.config import Settings
 from llm_service.metrics import (
     ATTEMPTS,
@@ -40,7 +41,7 @@ from llm_service.metrics import (
 )
 from llm_service.usage import record_usage
 from servicekit import ServiceError
-from servicekit.tracing import trace_context, tracing_enabled
+from servicekit.tracing import trace_context_headers, tracing_enabled
 
 _SECRET_LIKE = re.compile(r"\b(?:sk|sess)-[A-Za-z0-9_\-*.]{8,}")
 
@@ -171,9 +172,9 @@ class UpstreamCall:
 class OpenStream:
     """An upstream stream whose first bytes have arrived."""
 
-    def __init__(self, response: httpx2.Response, chunks: AsyncIterator[bytes], first: bytes):
-        self._response = response
-        self._chunks = chunks
+    def __init__(self, reply: Reply, first: bytes):
+        self._reply = reply
+        self._chunks = reply.chunks
         self._pending = first
 
     async def read(self) -> bytes:
@@ -189,24 +190,28 @@ class OpenStream:
                 pass
 
     async def aclose(self) -> None:
-        await self._response.aclose()
+        await self._reply.aclose()
 
 
 class UpstreamClient:
     """OpenAI's API upstream (chat completions, the Responses API, embeddings, models), with
     one retry policy around every call.
 
-    It sends our (already validated) JSON bytes through the SDK client's own pooled
-    transport, with its base URL, auth and default headers, and hands back the upstream's
-    bytes: the SDK's per-request machinery (option models, response parsing) would add
-    CPU to every call (`make bench`, rows `llm` and `llm-ttfc`) and nothing to a pass-through.
+    It sends our (already validated) JSON bytes to the SDK client's base URL with its auth
+    and default headers, over the upstream hop (`llm_service.chat.transport`), and hands
+    back the upstream's bytes: the SDK's per-request machinery (option models, response
+    parsing) would add CPU to every call (`make bench`, rows `llm` and `llm-ttfc`) and
+    nothing to a pass-through.
     """
 
     def __init__(self, client: AsyncOpenAI, http: httpx2.AsyncClient, settings: Settings) -> None:
-        self._http = http
-        self._base_url = str(client.base_url).rstrip("/")
         headers = {**client.default_headers, **client.auth_headers}
-        self._headers = {name: value for name, value in headers.items() if isinstance(value, str)}
+        raw = [
+            (name.lower().encode(), value.encode())
+            for name, value in headers.items()
+            if isinstance(value, str)
+        ]
+        self._hop: Hop = upstream_hop(http, str(client.base_url), raw, settings.openai_timeout)
         self._settings = settings
         policy = retry_policy(settings.openai_max_retries, settings.openai_retry_max_time)
         self._call_once = policy(self._attempt)
@@ -255,43 +260,39 @@ class UpstreamClient:
         except UPSTREAM_FAILURES as exc:
             raise self.failed(call, exc) from None
 
+    async def aclose(self) -> None:
+        await self._hop.aclose()
+
     def failed(self, call: UpstreamCall, exc: Exception) -> ServiceError:
         """The error the client sees for an upstream failure, logged as the call's outcome."""
         error = self._translate(exc)
         call.log(error.code)
         return error
 
-    async def _send(
-        self, call: UpstreamCall, path: str, body: bytes | None, *, stream: bool
-    ) -> httpx2.Response:
-        """POST `body`, or GET without one."""
-        method, url = ("GET" if body is None else "POST"), self._base_url + path
+    async def _send(self, call: UpstreamCall, path: str, body: bytes | None) -> Reply:
+        """POST `body`, or GET without one; a status of 400 or more is raised."""
+        method = "GET" if body is None else "POST"
         with call.attempt():
-            headers = {**self._headers, **trace_context()} if call.span else self._headers
-            request = self._http.build_request(method, url, content=body, headers=headers)
+            headers = trace_context_headers() if call.span else []
             try:
-                response = await self._http.send(request, stream=stream)
+                reply = await self._hop.send(method, path, body, headers)
             except httpx2.TimeoutException:
                 call.attempted("timeout")
                 raise
             except httpx2.TransportError:
                 call.attempted("connection_error")
                 raise
-            call.attempted(response.status_code)
-        if response.status_code >= 400:
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
-            raise UpstreamStatusError.from_response(response)
-        return response
+            call.attempted(reply.status)
+        if reply.status >= 400:
+            raise UpstreamStatusError.from_reply(reply.status, reply.headers, await reply.read())
+        return reply
 
     async def _attempt(
         self, call: UpstreamCall, path: str, body: bytes | None, member: str
     ) -> tuple[dict[str, Any], bytes]:
         """One attempt; a 200 must be a JSON object with a list `member` (`choices`, `data`)."""
         call.attempts += 1
-        content = (await self._send(call, path, body, stream=False)).content
+        content = await (await self._send(call, path, body)).read()
         try:
             payload = orjson.loads(content)
         except orjson.JSONDecodeError:
@@ -303,17 +304,16 @@ class UpstreamClient:
     async def _open_attempt(self, call: UpstreamCall, path: str, body: bytes) -> OpenStream:
         """Open the stream and wait for its first bytes: until then a failure is retried."""
         call.attempts += 1
-        response = await self._send(call, path, body, stream=True)
-        chunks = response.aiter_bytes()
+        reply = await self._send(call, path, body)
         try:
-            async for first in chunks:
+            async for first in reply.chunks:
                 if first:
                     call.first_chunk()
-                    return OpenStream(response, chunks, first)
+                    return OpenStream(reply, first)
         except BaseException:
-            await response.aclose()
+            await reply.aclose()
             raise
-        await response.aclose()
+        await reply.aclose()
         raise httpx2.RemoteProtocolError("the upstream ended the stream before its first chunk")
 
     def _translate(self, exc: Exception) -> ServiceError:
