@@ -131,7 +131,9 @@ def test_an_audits_request_is_one_trace_down_to_sql_continuing_the_clients(
 
 
 def test_a_request_without_traceparent_starts_its_own_trace(traced: TracedStack) -> None:
-    response = httpx.get(f"{traced.gateway}/api/v1/audits", params={"limit": 1})
+    # Without the count, the page's own query is the request's one statement.
+    params = {"limit": "1", "include_total": "false"}
+    response = httpx.get(f"{traced.gateway}/api/v1/audits", params=params)
     assert response.status_code == 200
     [line] = [
         line
@@ -144,9 +146,13 @@ def test_a_request_without_traceparent_starts_its_own_trace(traced: TracedStack)
         lambda spans: (
             bool(by_name(spans, "audits", "GET /api/v1/audits"))
             and bool(by_name(spans, "gateway", "GET /api/v1/audits/{path}"))
+            and bool(sql_spans(spans))
         ),
     )
     assert only(spans, "gateway", "GET /api/v1/audits/{path}").parent_id == ""
+    [page] = sql_spans(spans)
+    assert (page.kind, page.name.split()[0]) == (CLIENT, "SELECT")
+    assert "FROM audit_record" in str(page.attributes["db.statement"])
     assert_one_tree(spans, "")
 
 

@@ -1,12 +1,16 @@
 """Engine, connection pool and the mapping of database failures to `503 database_unavailable`."""
 
 import asyncio
+import json
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Annotated, Any, Final, cast
 
 import asyncpg
+import orjson
 from asyncpg import PostgresError
 from fastapi import Depends, Request
 from opentelemetry import metrics, trace
@@ -219,6 +223,25 @@ def _trace_statements(engine: AsyncEngine) -> None:
     EngineTracer(tracer, engine.sync_engine, usage)  # type: ignore[no-untyped-call]
 
 
+# Digits enough for an integer beyond 64 bits, which orjson would read as a float.
+_LONG_DIGITS: Final = re.compile(r"\d{19}")
+
+
+def json_loads(text: str) -> Any:
+    """A JSON value read from the database, exactly as `json.loads` reads it.
+
+    orjson decodes a page's `metadata` several times faster, but reads an integer beyond 64
+    bits as a float: text holding a run of digits that long goes to `json.loads`, as does
+    any text orjson refuses.
+    """
+    if _LONG_DIGITS.search(text) is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     """The engine; its statements traced as spans of the request's when tracing is on (by
     engine events, so every statement, ORM or Core, has one)."""
@@ -232,6 +255,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # Autocommit unless an operation asks for a transaction: a single statement then
         # needs no BEGIN/COMMIT round trips.
         isolation_level="AUTOCOMMIT",
+        json_deserializer=json_loads,
         connect_args={
             "timeout": settings.db_pool_timeout,
             "command_timeout": timeout,
@@ -257,6 +281,46 @@ async def driver_connection(connection: AsyncConnection) -> asyncpg.Connection:
     driver: asyncpg.Connection | None = raw.driver_connection
     assert driver is not None, "a pooled connection always has its driver connection"
     return driver
+
+
+_TRACER: Final = trace.get_tracer(__name__)
+
+
+def _statement_span(connection: AsyncConnection, statement: str) -> AbstractContextManager[Any]:
+    """The span of a statement run through the driver, named and described as the
+    SQLAlchemy instrumentation's spans of the others are."""
+    if not tracing_enabled():
+        return nullcontext()
+    url = connection.engine.url
+    attributes: dict[str, str | int] = {
+        "db.system": "postgresql",
+        "db.name": url.database or "",
+        "db.user": url.username or "",
+        "db.statement": statement,
+        "net.peer.name": url.host or "",
+        "net.peer.port": url.port or 5432,
+    }
+    name = f"{statement.split(maxsplit=1)[0]} {url.database or ''}".rstrip()
+    return _TRACER.start_as_current_span(name, kind=trace.SpanKind.CLIENT, attributes=attributes)
+
+
+async def fetch_rows(
+    connection: AsyncConnection, statement: str, *args: object
+) -> list[asyncpg.Record]:
+    """The rows of `statement` (the driver's text, parameters `$1`, `$2`, …) read by asyncpg
+    itself: for a hot read whose values go to the response as they come, SQLAlchemy's
+    execution and row processing being most of its CPU. A connection found dead is
+    invalidated (closed, not given back to the pool), as SQLAlchemy does, and is a
+    `DatabaseUnavailable`."""
+    driver = await driver_connection(connection)
+    with _statement_span(connection, statement):
+        try:
+            return await driver.fetch(statement, *args)
+        except Exception as exc:
+            if driver.is_closed():
+                await connection.invalidate(exc)
+                raise DatabaseUnavailable from exc
+            raise
 
 
 async def get_database(request: Request) -> AsyncIterator[AsyncEngine]:

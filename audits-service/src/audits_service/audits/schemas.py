@@ -7,7 +7,7 @@ import json
 import math
 import re
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Self
@@ -283,7 +283,7 @@ class AuditRecordResponse(BaseModel):
 RECORD_FIELDS = tuple(AuditRecordResponse.model_fields)
 
 
-def record_values(row: Sequence[Any]) -> dict[str, Any]:
+def record_values(row: Iterable[Any]) -> dict[str, Any]:
     """A record as `AuditRecordResponse` names its fields, from its values in that order."""
     return dict(zip(RECORD_FIELDS, row, strict=True))
 
