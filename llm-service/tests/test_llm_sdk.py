@@ -1,6 +1,7 @@
 """The official `openai` SDK against the service running under uvicorn as a real process."""
 
 import itertools
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -290,3 +291,27 @@ def test_unconfigured_process_starts_and_reports_not_ready(tmp_path: Path) -> No
         line for line in (tmp_path / "llm.log").read_text().splitlines() if "OPENAI_API_KEY" in line
     ]
     assert len(warnings) == 1
+
+
+@pytest.mark.parametrize("path", ["/api/v1/openai/chat", "/api/v1/openai/v1/responses"])
+def test_a_client_leaving_mid_stream_stops_the_upstream_stream_at_once(
+    service: ServiceProcess, upstream: OpenAIStandin, service_log: Path, path: str
+) -> None:
+    upstream.chunk_delay = 0.5  # the whole stream would take several seconds
+    body = (
+        {"model": "gpt-4o-mini", "input": "Hi"} if "responses" in path else {"messages": MESSAGES}
+    )
+    with (
+        httpx.Client(base_url=service.url) as client,
+        client.stream("POST", path, json={**body, "stream": True}) as response,
+    ):
+        assert response.status_code == 200
+        next(response.iter_bytes())
+    left = time.monotonic()
+    outcomes: list[str] = []
+    while time.monotonic() - left < 2 and "client_disconnected" not in outcomes:
+        time.sleep(0.05)
+        lines = [json.loads(line) for line in service_log.read_text().splitlines() if line]
+        outcomes = [line["outcome"] for line in lines if line.get("message") == "upstream call"]
+    assert outcomes[-1:] == ["client_disconnected"]
+    assert time.monotonic() - left < 0.5 * len(upstream.pieces) / 2

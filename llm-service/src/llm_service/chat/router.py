@@ -4,7 +4,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from llm_service.chat import sse
@@ -67,7 +67,6 @@ wire_router = APIRouter(prefix="/v1", route_class=_OpenAIErrorRoute)
 
 # A body over LLM_MAX_BODY_BYTES is 413.
 _POST_STATUSES = (400, 413, 422, 429, 502, 503, 504)
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def _sse_doc(description: str, example: str) -> dict[str, Any]:
@@ -92,10 +91,10 @@ def _sse_doc(description: str, example: str) -> dict[str, Any]:
 
 def _event_stream(
     events: AsyncGenerator[bytes, None], request: Request, *, openai: bool
-) -> StreamingResponse:
+) -> sse.EventStreamResponse:
     """A failure after the stream began becomes its last event, a problem for this request."""
     body = sse.ending_in_error_event(events, request.url.path, openai=openai)
-    return StreamingResponse(body, media_type="text/event-stream", headers=_SSE_HEADERS)
+    return sse.EventStreamResponse(body)
 
 
 _CHAT_STREAM = _sse_doc(
@@ -216,8 +215,7 @@ async def responses(
 ) -> Response:
     raw = await request.body()
     if body.stream:
-        events = await service.response_stream(body, raw)
-        return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
+        return sse.EventStreamResponse(await service.response_stream(body, raw))
     return Response(await service.response(body, raw), media_type="application/json")
 
 

@@ -1,11 +1,14 @@
 """Server-sent events, both ways: reading the upstream's, writing ours."""
 
+import asyncio
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from typing import Any
 
 import orjson
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from llm_service.chat.exceptions import MalformedUpstreamResponse, openai_error
 from servicekit import ServiceError
@@ -128,7 +131,7 @@ def response_error_event(error: ServiceError, sent: bytes) -> bytes:
 
 async def ending_in_error_event(
     events: AsyncGenerator[bytes, None], instance: str, *, openai: bool
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """`events`; a `ServiceError` they raise once the response began ends them as an
     `error` event, the only way left to tell the client."""
     async with aclosing(events):
@@ -137,3 +140,53 @@ async def ending_in_error_event(
                 yield event
         except ServiceError as error:
             yield error_event(error, instance, openai=openai)
+
+
+_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class EventStreamResponse(StreamingResponse):
+    """A `text/event-stream` of `events`, which are closed, and with them the upstream's
+    stream, as soon as the client leaves.
+
+    The events are sent from the request's own task, while one task waits for the
+    disconnect and cancels the sending: Starlette's `StreamingResponse` runs an anyio task
+    group with a task of its own for the body, whose start delays the first event by a pass
+    of the event loop and costs CPU on every stream.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncGenerator[bytes, None]) -> None:
+        super().__init__(events, headers=_HEADERS)
+        self._events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        left = sent = False
+
+        def leave(waiter: "asyncio.Task[None]") -> None:
+            # Runs while the request's task is suspended: inside the sending, or after it.
+            nonlocal left
+            if not waiter.cancelled() and not sent:
+                left = True
+                task.cancel()
+
+        waiter = asyncio.create_task(_disconnect(receive))
+        waiter.add_done_callback(leave)
+        try:
+            async with aclosing(self._events):
+                await self.stream_response(send)
+            sent = True
+        except asyncio.CancelledError:
+            if not left or task.uncancel():
+                raise
+        finally:
+            waiter.remove_done_callback(leave)
+            waiter.cancel()
