@@ -75,12 +75,13 @@ def find_usage(tail: bytes) -> dict[str, Any] | None:
     return usage if isinstance(usage, dict) else None
 
 
-_EVENT_BOUNDARY = re.compile(rb"(\r?\n\r?\n)")
+_EVENT_BOUNDARY = re.compile(rb"\r?\n\r?\n")
+_USAGE = b'"usage":{'
 
 
 def _is_usage_chunk(block: bytes) -> bool:
     """A chunk with `usage` and no choices: what `stream_options.include_usage` adds."""
-    if b'"usage":{' not in block:
+    if _USAGE not in block:
         return False
     data = b"\n".join(
         line[5:].lstrip(b" ") for line in block.splitlines() if line.startswith(b"data:")
@@ -92,17 +93,27 @@ def _is_usage_chunk(block: bytes) -> bool:
     return isinstance(parsed, dict) and parsed.get("choices") == [] and bool(parsed.get("usage"))
 
 
+def _block_start(events: bytes, low: int, at: int) -> int:
+    """Where the event holding `events[at]` begins: after the last boundary before `at`
+    (every boundary ends in `\n\n` or `\n\r\n`), at `low` at the earliest."""
+    lf, crlf = events.rfind(b"\n\n", low, at), events.rfind(b"\n\r\n", low, at)
+    return max(low, lf + 2 if lf >= 0 else low, crlf + 3 if crlf >= 0 else low)
+
+
 def without_usage_chunk(events: bytes) -> bytes:
-    """Complete `events` without the usage chunk, if one is among them."""
-    if b'"usage":{' not in events:
-        return events
-    parts = _EVENT_BOUNDARY.split(events)
-    kept = [
-        block + separator
-        for block, separator in zip(parts[::2], [*parts[1::2], b""], strict=True)
-        if not _is_usage_chunk(block)
-    ]
-    return b"".join(kept)
+    """Complete `events` without the usage chunk, if one is among them; only the events
+    that name a `usage` object are parsed."""
+    kept, done = [], 0
+    at = events.find(_USAGE)
+    while at >= 0:
+        start = _block_start(events, done, at)
+        boundary = _EVENT_BOUNDARY.search(events, at)
+        end = boundary.end() if boundary else len(events)
+        if _is_usage_chunk(events[start : boundary.start() if boundary else end]):
+            kept.append(events[done:start])
+            done = end
+        at = events.find(_USAGE, end)
+    return b"".join([*kept, events[done:]]) if kept else events
 
 
 def error_event(error: ServiceError, instance: str, *, openai: bool) -> bytes:
