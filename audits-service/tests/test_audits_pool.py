@@ -153,3 +153,28 @@ async def test_with_every_connection_busy_invalid_input_is_422_at_once_and_reads
     assert_problem(invalid, 422, "validation_error")
     assert refused_in < POOL_TIMEOUT / 2
     assert_problem(waiting, 503, "database_unavailable")
+
+
+async def test_a_page_on_a_connection_the_server_closed_is_503_and_not_pooled_again(
+    fresh_database_url: str,
+) -> None:
+    """Within the second after its return no ping checks a connection: one the server closed
+    meanwhile fails the next page as a 503, and is closed instead of pooled again, so the
+    page after it is served on a new connection."""
+    await asyncio.to_thread(command.upgrade, alembic_config(fresh_database_url), "head")
+    settings = one_connection(fresh_database_url).model_copy(update={"db_pool_timeout": 3.0})
+    async with app_client(create_app(settings)) as client:
+        assert (await client.post(AUDITS, json=record())).status_code == 201
+        admin = await asyncpg.connect(fresh_database_url)
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+        query = {"include_total": "false"}
+        assert_problem(await client.get(AUDITS, params=query), 503, "database_unavailable")
+        page = await client.get(AUDITS, params=query)
+    assert page.status_code == 200
+    assert len(page.json()["items"]) == 1
