@@ -1,5 +1,7 @@
 import asyncio
 import socket
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -9,11 +11,21 @@ from starlette.types import Receive, Scope, Send
 from servicekit.server import HttpProtocol
 
 _LARGE = 200 * 1024
+# Set by the client of `/then-work` once it has read the whole answer.
+_ANSWER_READ = threading.Event()
 
 
 async def _app(scope: Scope, receive: Receive, send: Send) -> None:
     """`/stream`: an event, a pause, a last event; `/large`: one body of `_LARGE` bytes."""
     if scope["type"] != "http":
+        return
+    if scope["path"] == "/then-work":
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+        # Work after the last message, in the same pass of the event loop (an access line,
+        # metrics): the client reads the answer meanwhile, or not until this gives up.
+        _ANSWER_READ.wait(5)
         return
     if scope["path"] == "/large":
         headers = [(b"content-length", str(_LARGE).encode())]
@@ -81,3 +93,22 @@ async def test_a_large_body_is_sent_whole_before_a_closing_connection_closes() -
     head, _, body = whole.partition(b"\r\n\r\n")
     assert b"connection: close" in head
     assert body == b"x" * _LARGE
+
+
+async def test_a_complete_response_leaves_before_the_cycle_s_work_after_it() -> None:
+    _ANSWER_READ.clear()
+
+    def read_answer(port: int) -> tuple[bytes, float]:
+        started = time.monotonic()
+        request = b"GET /then-work HTTP/1.1\r\nhost: test\r\n\r\n"
+        _, whole = _exchange(port, request, b"\r\n\r\nok")
+        elapsed = time.monotonic() - started
+        _ANSWER_READ.set()
+        return whole, elapsed
+
+    async with _server() as port:
+        whole, elapsed = await asyncio.to_thread(read_answer, port)
+
+    assert whole.startswith(b"HTTP/1.1 200 ")
+    assert whole.endswith(b"\r\n\r\nok")
+    assert elapsed < 4

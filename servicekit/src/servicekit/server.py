@@ -89,6 +89,13 @@ class HttpProtocol(HttpToolsProtocol):
             return  # a WebSocket: uvicorn hands the connection to its WebSocket protocol
         self.cycle.transport = self.cycle_transport
 
+    def on_response_complete(self) -> None:
+        # The response's last bytes leave now, not at the end of the loop's pass: what the
+        # cycle still does after its last message (the access line, metrics) then runs
+        # while the client already reads the answer.
+        self.cycle_transport.flush()
+        super().on_response_complete()
+
     def shutdown(self) -> None:
         self.cycle_transport.flush()
         super().shutdown()
