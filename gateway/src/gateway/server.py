@@ -146,14 +146,18 @@ class EdgeHttpProtocol(HttpProtocol):
             return
         if self.awaiting_headers:
             self.header_bytes += len(data)
-            if self.header_deadline is None:
-                self.arm_header_deadline()
         super().data_received(data)
+        if not self.awaiting_headers or self.refused or self.header_bytes == 0:
+            return
         limit = self.max_header_block
-        if self.awaiting_headers and self.header_bytes > limit and not self.refused:
+        if self.header_bytes > limit:
             self.refuse(
                 RequestHeadersTooLarge(f"The request line and headers exceed {limit} bytes.")
             )
+        elif self.header_deadline is None:
+            # Armed once the parser is left with an incomplete header block: a block that
+            # arrived whole in this read needs no deadline.
+            self.arm_header_deadline()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn calls this on a parse error: a callback's refusal, or bytes that are not HTTP."""
