@@ -145,11 +145,16 @@ class _Connection(asyncio.Protocol):
             raise httpx.WriteTimeout("upstream write timed out") from None
 
     def take(self) -> bytes:
-        chunk = self.chunks.popleft()
-        self.buffered -= len(chunk)
-        if self.buffered <= _HIGH_WATER // 2 and self.transport is not None and not self.closed:
+        """Everything received of the body so far, as one piece: the chunks that one read
+        parsed (an event stream's events, coalesced by the upstream's server) are passed on
+        in one write, not one write each."""
+        chunks = self.chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self.buffered = 0
+        if self.transport is not None and not self.closed:
             self.transport.resume_reading()
-        return chunk
+        return data
 
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.closed
