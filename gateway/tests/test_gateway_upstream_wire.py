@@ -188,3 +188,50 @@ async def test_server_sent_events_are_relayed_as_they_arrive() -> None:
     assert headers["content-type"] == "text/event-stream"
     assert seen == [b"data: 1\n\n", b"data: 2\n\n"]
     assert body == b"".join(seen)
+
+
+async def test_a_stream_whose_client_leaves_stops_the_upstream() -> None:
+    upstream_left = asyncio.Event()
+
+    async def endless(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        start = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": start})
+
+        async def until_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            upstream_left.set()
+
+        listener = asyncio.create_task(until_disconnect())
+        while not upstream_left.is_set():
+            await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+            await asyncio.sleep(0.05)
+        await listener
+
+    first_event = asyncio.Event()
+    parts: list[Message] = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+    async def receive() -> Message:
+        if parts:
+            return parts.pop()
+        await first_event.wait()  # the client leaves once it has seen an event
+        return {"type": "http.disconnect"}
+
+    def watch(message: Message) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            first_event.set()
+
+    async with loopback_server(endless) as port:
+        config = Settings(llm_service_url=f"http://127.0.0.1:{port}")
+        async with gateway_client(config) as gateway:
+            status, _, body = await asyncio.wait_for(
+                gateway.raw("POST", b"/api/v1/openai/chat", receive=receive, watch=watch),
+                timeout=8,
+            )
+            # The gateway let go of its upstream connection, so the upstream sees it gone.
+            await asyncio.wait_for(upstream_left.wait(), timeout=5)
+    assert status == 200
+    assert body.startswith(b"data: 1\n\n")

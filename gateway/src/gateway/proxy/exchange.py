@@ -334,19 +334,33 @@ class Exchange:
 
     async def _pump_until_disconnect(self, start: Message, stream: httpx.AsyncByteStream) -> None:
         """A stream of unknown length (SSE) ends early when its client leaves, so the
-        upstream (and OpenAI behind it) stops working for nobody."""
-        pump = asyncio.ensure_future(_pump(start, stream, self.send))
+        upstream (and OpenAI behind it) stops working for nobody.
+
+        The stream is pumped in the request's own task, so the head and the chunk in hand
+        leave in this pass of the event loop; a watcher task cancels it when the client
+        leaves."""
+        task = asyncio.current_task()
+        assert task is not None
+        pumping = True
+        left = False
+
+        def client_left(_: "asyncio.Future[None]") -> None:
+            nonlocal left
+            if pumping:
+                left = True
+                task.cancel()
+
         watcher = asyncio.ensure_future(_wait_for_disconnect(self.receive))
+        watcher.add_done_callback(client_left)
         try:
-            await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)
+            await _pump(start, stream, self.send)
+        except asyncio.CancelledError:
+            # Only the watcher's own cancellation ends here quietly.
+            if not left or task.uncancel() > 0:
+                raise
         finally:
-            for task in (pump, watcher):
-                if not task.done():
-                    task.cancel()
-        if pump.done() and not pump.cancelled():
-            pump.result()
-        else:
-            await asyncio.gather(pump, return_exceptions=True)
+            pumping = False
+            watcher.cancel()
 
 
 async def _pump(start: Message, stream: httpx.AsyncByteStream, send: Send) -> None:
