@@ -93,7 +93,7 @@ def _event_stream(
     events: AsyncGenerator[bytes, None], request: Request, *, openai: bool
 ) -> sse.EventStreamResponse:
     """A failure after the stream began becomes its last event, a problem for this request."""
-    body = sse.ending_in_error_event(events, request.url.path, openai=openai)
+    body = sse.ending_in_error_event(events, request.scope["path"], openai=openai)
     return sse.EventStreamResponse(body)
 
 
