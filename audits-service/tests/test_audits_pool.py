@@ -155,8 +155,14 @@ async def test_with_every_connection_busy_invalid_input_is_422_at_once_and_reads
     assert_problem(waiting, 503, "database_unavailable")
 
 
+# Pages read by asyncpg itself, not through SQLAlchemy's execution: a list page, a record's
+# history, the whole trail.
+_DRIVER_READ_PAGES = ["list", "history", "events"]
+
+
+@pytest.mark.parametrize("page_kind", _DRIVER_READ_PAGES)
 async def test_a_page_on_a_connection_the_server_closed_is_503_and_not_pooled_again(
-    fresh_database_url: str,
+    fresh_database_url: str, page_kind: str
 ) -> None:
     """Within the second after its return no ping checks a connection: one the server closed
     meanwhile fails the next page as a 503, and is closed instead of pooled again, so the
@@ -164,7 +170,13 @@ async def test_a_page_on_a_connection_the_server_closed_is_503_and_not_pooled_ag
     await asyncio.to_thread(command.upgrade, alembic_config(fresh_database_url), "head")
     settings = one_connection(fresh_database_url).model_copy(update={"db_pool_timeout": 3.0})
     async with app_client(create_app(settings)) as client:
-        assert (await client.post(AUDITS, json=record())).status_code == 201
+        created = await client.post(AUDITS, json=record())
+        assert created.status_code == 201
+        url, query = {
+            "list": (AUDITS, {"include_total": "false"}),
+            "history": (f"{AUDITS}/{created.json()['id']}/history", {}),
+            "events": (f"{AUDITS}/events", {}),
+        }[page_kind]
         admin = await asyncpg.connect(fresh_database_url)
         try:
             await admin.execute(
@@ -173,8 +185,7 @@ async def test_a_page_on_a_connection_the_server_closed_is_503_and_not_pooled_ag
             )
         finally:
             await admin.close()
-        query = {"include_total": "false"}
-        assert_problem(await client.get(AUDITS, params=query), 503, "database_unavailable")
-        page = await client.get(AUDITS, params=query)
+        assert_problem(await client.get(url, params=query), 503, "database_unavailable")
+        page = await client.get(url, params=query)
     assert page.status_code == 200
     assert len(page.json()["items"]) == 1

@@ -317,10 +317,21 @@ async def fetch_rows(
         try:
             return await driver.fetch(statement, *args)
         except Exception as exc:
-            if driver.is_closed():
-                await connection.invalidate(exc)
+            if await invalidated_if_dead(connection, driver, exc):
                 raise DatabaseUnavailable from exc
             raise
+
+
+async def invalidated_if_dead(
+    connection: AsyncConnection, driver: asyncpg.Connection, exc: Exception
+) -> bool:
+    """Whether `exc`, raised by a statement run through the driver itself, left the driver
+    closed; such a connection is invalidated (closed, never given back to the pool), as
+    SQLAlchemy does when its own statements find a connection dead."""
+    if not driver.is_closed():
+        return False
+    await connection.invalidate(exc)
+    return True
 
 
 async def get_database(request: Request) -> AsyncIterator[AsyncEngine]:

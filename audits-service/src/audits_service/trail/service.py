@@ -11,7 +11,12 @@ from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from audits_service.audits.exceptions import AuditNotFound
-from audits_service.database import DatabaseUnavailable, driver_connection, is_unavailable
+from audits_service.database import (
+    DatabaseUnavailable,
+    driver_connection,
+    invalidated_if_dead,
+    is_unavailable,
+)
 from audits_service.streaming import ClosingStreamingResponse, StreamInterrupted
 from audits_service.trail import verification
 from audits_service.trail.canonical import EVENT_COLUMNS
@@ -39,10 +44,17 @@ WHERE e.seq > $1 ORDER BY e.seq LIMIT $2
 
 @asynccontextmanager
 async def _driver(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection's asyncpg driver; database failures become `DatabaseUnavailable`."""
+    """A pooled connection's asyncpg driver; database failures become `DatabaseUnavailable`,
+    and a connection found dead is not pooled again."""
     try:
         async with engine.connect() as connection:
-            yield await driver_connection(connection)
+            driver = await driver_connection(connection)
+            try:
+                yield driver
+            except Exception as exc:
+                if await invalidated_if_dead(connection, driver, exc):
+                    raise DatabaseUnavailable from exc
+                raise
     except Exception as exc:
         if is_unavailable(exc):
             raise DatabaseUnavailable from exc
