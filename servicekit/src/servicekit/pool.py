@@ -43,19 +43,40 @@ def _expire(waiter: "asyncio.Future[None]") -> None:
 class _Connection(asyncio.Protocol):
     """One TCP connection; parses one response at a time into a bounded chunk queue."""
 
+    # One lives per open upstream stream, and a gateway holds thousands of slow ones: slots,
+    # a plain list and a future made only while writing is paused keep each one small.
+    __slots__ = (
+        "_drained",
+        "_waiter",
+        "_writable",
+        "buffered",
+        "chunks",
+        "closed",
+        "complete",
+        "error",
+        "headers",
+        "headers_done",
+        "idle_since",
+        "keep_alive",
+        "parser",
+        "received_any",
+        "status",
+        "transport",
+    )
+
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.idle_since = 0.0
         self._reset()
-        self._can_write = asyncio.Event()
-        self._can_write.set()
+        self._writable = True
+        self._drained: asyncio.Future[None] | None = None
 
     def _reset(self) -> None:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
-        self.chunks: deque[bytes] = deque()
+        self.chunks: list[bytes] = []
         self.buffered = 0
         self.headers_done = False
         self.keep_alive = False
@@ -81,7 +102,7 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if not self.complete and self.error is None:
             self.error = httpx.RemoteProtocolError("upstream closed the connection")
-        self._can_write.set()
+        self.resume_writing()
         self._wake()
         # The parser holds this protocol's bound methods: without it a closed connection is
         # freed by reference counting at once instead of by a full collection, which the
@@ -89,10 +110,12 @@ class _Connection(asyncio.Protocol):
         del self.parser
 
     def pause_writing(self) -> None:
-        self._can_write.clear()
+        self._writable = False
 
     def resume_writing(self) -> None:
-        self._can_write.set()
+        self._writable = True
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -136,20 +159,23 @@ class _Connection(asyncio.Protocol):
                 timer.cancel()
 
     async def drain(self, seconds: float | None) -> None:
-        if self._can_write.is_set():
+        if self._writable:
             return
+        drained = self._drained = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(seconds):
-                await self._can_write.wait()
+                await drained
         except TimeoutError:
             raise httpx.WriteTimeout("upstream write timed out") from None
+        finally:
+            self._drained = None
 
     def take(self) -> bytes:
         """Everything received of the body so far, as one piece: the chunks that one read
         parsed (an event stream's events, coalesced by the upstream's server) are passed on
         in one write, not one write each."""
         chunks = self.chunks
-        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self.buffered = 0
         if self.transport is not None and not self.closed:
