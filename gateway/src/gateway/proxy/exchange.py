@@ -7,7 +7,7 @@ it starts, all that is left is to cut the response short.
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 import httpx
@@ -146,10 +146,12 @@ class Exchange:
         self.grant: Grant | None = None
         self.tokens: UsageTap | None = None
 
-    async def run(self) -> None:
-        if not tracing_enabled():
-            await self._run()
-            return
+    def run(self) -> Awaitable[None]:
+        # Not a coroutine of its own: each frame in a request's await chain is kept for as
+        # long as its response streams, and a gateway holds thousands of slow streams.
+        return self._traced_run() if tracing_enabled() else self._run()
+
+    async def _traced_run(self) -> None:
         # The request's server span is named by the proxied prefix; the exchange is its child.
         route = self.upstream.route_template
         server = trace.get_current_span()
@@ -284,7 +286,7 @@ class Exchange:
             if _small_length(response.headers):
                 await self._relay_whole(response)
             else:
-                await self._relay_streaming(response)
+                await self._stream(response)
         finally:
             if self.tokens is not None and self.grant is not None and self.access is not None:
                 await self.access.spend_tokens(self.grant.key, self.tokens.spent)
@@ -301,27 +303,24 @@ class Exchange:
         await self.send(self._start(response))
         await self.send({"type": "http.response.body", "body": content, "more_body": False})
 
-    async def _relay_streaming(self, response: UpstreamResponse) -> None:
-        with span(_TRACER, "proxy stream"):
-            await self._stream(response)
-
     async def _stream(self, response: UpstreamResponse) -> None:
-        start = self._start(response)
-        try:
-            if any(name == b"content-length" for name, _ in start["headers"]):
-                await self.send(start)
-                await _pump_sized(response.stream, self.send)
-            else:
-                await self._pump_until_disconnect(start, response.stream)
-        except httpx.TransportError as exc:
-            # The status line is already sent: all that is left is to cut the response short,
-            # so the client sees a truncated body rather than a clean end.
-            logger.warning(
-                "upstream failed mid-response", upstream=self.upstream.name, error=str(exc)
-            )
-            raise
-        finally:
-            await response.stream.aclose()
+        with span(_TRACER, "proxy stream"):
+            start = self._start(response)
+            try:
+                if any(name == b"content-length" for name, _ in start["headers"]):
+                    await self.send(start)
+                    await _pump_sized(response.stream, self.send)
+                else:
+                    await self._pump_until_disconnect(start, response.stream)
+            except httpx.TransportError as exc:
+                # The status line is already sent: all that is left is to cut the response
+                # short, so the client sees a truncated body rather than a clean end.
+                logger.warning(
+                    "upstream failed mid-response", upstream=self.upstream.name, error=str(exc)
+                )
+                raise
+            finally:
+                await response.stream.aclose()
 
     def _start(self, response: UpstreamResponse) -> Message:
         headers = response_headers(response.headers)
@@ -337,8 +336,8 @@ class Exchange:
         upstream (and OpenAI behind it) stops working for nobody.
 
         The stream is pumped in the request's own task, so the head and the chunk in hand
-        leave in this pass of the event loop; a watcher task cancels it when the client
-        leaves."""
+        leave in this pass of the event loop (so that both go out in one write,
+        `servicekit.server`); a watcher task cancels it when the client leaves."""
         task = asyncio.current_task()
         assert task is not None
         pumping = True
@@ -352,8 +351,12 @@ class Exchange:
 
         watcher = asyncio.ensure_future(_wait_for_disconnect(self.receive))
         watcher.add_done_callback(client_left)
+        send = self.send
         try:
-            await _pump(start, stream, self.send)
+            await send(start)
+            async for chunk in stream:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             # Only the watcher's own cancellation ends here quietly.
             if not left or task.uncancel() > 0:
@@ -361,15 +364,6 @@ class Exchange:
         finally:
             pumping = False
             watcher.cancel()
-
-
-async def _pump(start: Message, stream: httpx.AsyncByteStream, send: Send) -> None:
-    """The response's head, then its body: the head goes in the same pass of the event loop
-    as the chunk already in hand, so that both leave in one write (`servicekit.server`)."""
-    await send(start)
-    async for chunk in stream:
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _pump_sized(stream: httpx.AsyncByteStream, send: Send) -> None:
