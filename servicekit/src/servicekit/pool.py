@@ -47,6 +47,7 @@ class _Connection(asyncio.Protocol):
     # a plain list and a future made only while writing is paused keep each one small.
     __slots__ = (
         "_drained",
+        "_timer",
         "_waiter",
         "_writable",
         "buffered",
@@ -84,6 +85,7 @@ class _Connection(asyncio.Protocol):
         self.received_any = False
         self.error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -142,21 +144,26 @@ class _Connection(asyncio.Protocol):
 
     # used by the transport
     def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    async def wait(self, seconds: float | None) -> None:
-        # A bare timer instead of asyncio.timeout(): this runs once or twice per proxied
-        # request, and the context manager costs several times more.
+    def wait(self, seconds: float | None) -> "asyncio.Future[None]":
+        """A future done when more of the response (or its end, or an error) arrives, failed
+        with `ReadTimeout` if nothing does within `seconds`.
+
+        A future and a bare timer rather than a coroutine under asyncio.timeout(): this
+        runs once or twice per proxied request, and one is pending for every open stream."""
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = None if seconds is None else loop.call_later(seconds, _expire, waiter)
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-            if timer is not None:
-                timer.cancel()
+        if seconds is not None:
+            self._timer = loop.call_later(seconds, _expire, waiter)
+        return waiter
 
     async def drain(self, seconds: float | None) -> None:
         if self._writable:
