@@ -31,6 +31,7 @@ from servicekit import (
     error_response,
 )
 from servicekit.context import client_id_var
+from servicekit.disconnect import CancelledOnDisconnect
 from servicekit.tracing import span, trace_context_headers, tracing_enabled, without_trace_context
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -337,33 +338,13 @@ class Exchange:
 
         The stream is pumped in the request's own task, so the head and the chunk in hand
         leave in this pass of the event loop (so that both go out in one write,
-        `servicekit.server`); a watcher task cancels it when the client leaves."""
-        task = asyncio.current_task()
-        assert task is not None
-        pumping = True
-        left = False
-
-        def client_left(_: "asyncio.Future[None]") -> None:
-            nonlocal left
-            if pumping:
-                left = True
-                task.cancel()
-
-        watcher = asyncio.ensure_future(_wait_for_disconnect(self.receive))
-        watcher.add_done_callback(client_left)
+        `servicekit.server`)."""
         send = self.send
-        try:
+        with CancelledOnDisconnect(self.receive):
             await send(start)
             async for chunk in stream:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            # Only the watcher's own cancellation ends here quietly.
-            if not left or task.uncancel() > 0:
-                raise
-        finally:
-            pumping = False
-            watcher.cancel()
 
 
 async def _pump_sized(stream: httpx.AsyncByteStream, send: Send) -> None:
@@ -375,11 +356,6 @@ async def _pump_sized(stream: httpx.AsyncByteStream, send: Send) -> None:
             await send({"type": "http.response.body", "body": held, "more_body": True})
         held = chunk
     await send({"type": "http.response.body", "body": held or b"", "more_body": False})
-
-
-async def _wait_for_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 def _small_length(raw_headers: RawHeaders) -> bool:

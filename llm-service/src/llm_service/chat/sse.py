@@ -1,6 +1,5 @@
 """Server-sent events, both ways: reading the upstream's, writing ours."""
 
-import asyncio
 import re
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
@@ -12,6 +11,7 @@ from starlette.types import Receive, Scope, Send
 
 from llm_service.chat.exceptions import MalformedUpstreamResponse, openai_error
 from servicekit import ServiceError
+from servicekit.disconnect import CancelledOnDisconnect
 from servicekit.problems import problem_body
 
 DONE = b"data: [DONE]\n\n"
@@ -156,17 +156,12 @@ async def ending_in_error_event(
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-async def _disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
 class EventStreamResponse(StreamingResponse):
     """A `text/event-stream` of `events`, which are closed, and with them the upstream's
     stream, as soon as the client leaves.
 
-    The events are sent from the request's own task, while one task waits for the
-    disconnect and cancels the sending: Starlette's `StreamingResponse` runs an anyio task
+    The events are sent from the request's own task, cancelled when the client leaves
+    (`servicekit.disconnect`): Starlette's `StreamingResponse` runs an anyio task
     group with a task of its own for the body, whose start delays the first event by a pass
     of the event loop and costs CPU on every stream.
     """
@@ -178,26 +173,6 @@ class EventStreamResponse(StreamingResponse):
         self._events = events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        left = sent = False
-
-        def leave(waiter: "asyncio.Task[None]") -> None:
-            # Runs while the request's task is suspended: inside the sending, or after it.
-            nonlocal left
-            if not waiter.cancelled() and not sent:
-                left = True
-                task.cancel()
-
-        waiter = asyncio.create_task(_disconnect(receive))
-        waiter.add_done_callback(leave)
-        try:
+        with CancelledOnDisconnect(receive):
             async with aclosing(self._events):
                 await self.stream_response(send)
-            sent = True
-        except asyncio.CancelledError:
-            if not left or task.uncancel():
-                raise
-        finally:
-            waiter.remove_done_callback(leave)
-            waiter.cancel()
