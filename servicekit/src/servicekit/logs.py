@@ -21,8 +21,19 @@ class _AccessLog:
     enabled = True
 
 
+# Characters that JSON leaves as they are but that many readers take for a line break
+# (Python's `str.splitlines`, JavaScript before ES2019): escaped, so that a value a client
+# sent (a path, a header) cannot split a log line in two. orjson writes every other
+# character that could (the C0 controls) escaped already, and these can only occur inside
+# a JSON string, where the escape reads back as the same character.
+_LINE_BREAKS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def _write(line: dict[str, Any]) -> None:
-    sys.stdout.write(orjson.dumps(line, default=str).decode() + "\n")
+    text = orjson.dumps(line, default=str).decode()
+    if not text.isascii():
+        text = text.translate(_LINE_BREAKS)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 
