@@ -4,7 +4,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from gateway_harness import Recorder, running_gateway
+from starlette.datastructures import MutableHeaders
 from starlette.types import Message
+
+from gateway.cors import vary_on_origin
 
 
 async def test_forwards_method_path_query_body_and_end_to_end_headers() -> None:
@@ -368,3 +371,34 @@ async def test_a_stalled_body_is_cut_off_with_408() -> None:
         assert headers["connection"] == "close"
         assert b'"code":"request_timeout"' in body
         assert gateway.audits.requests == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"content-type", b"application/json")],
+        [(b"vary", b"Accept-Encoding"), (b"content-type", b"text/plain")],
+        [(b"vary", b"Accept"), (b"x-a", b"1"), (b"vary", b"Cookie"), (b"x-b", b"2")],
+    ],
+)
+def test_vary_on_origin_is_what_starlettes_cors_writes(headers: list[tuple[bytes, bytes]]) -> None:
+    ours = list(headers)
+    vary_on_origin(ours)
+    starlettes = MutableHeaders(raw=list(headers))
+    starlettes["Vary"] = ", ".join([*starlettes.getlist("Vary"), "Origin"])
+    assert ours == starlettes.raw
+
+
+async def test_a_response_without_origin_varies_on_origin_with_the_upstreams_vary() -> None:
+    audits = Recorder(
+        lambda request: httpx.Response(200, json=[], headers={"Vary": "Accept-Encoding"})
+    )
+    async with running_gateway(audits) as gateway:
+        plain = await gateway.get("/api/v1/audits")
+        browser = await gateway.get("/api/v1/audits", headers={"Origin": "https://app.example"})
+        own = await gateway.get("/health")
+    assert plain.headers.get_list("vary") == ["Accept-Encoding, Origin"]
+    assert "access-control-allow-origin" not in plain.headers
+    assert browser.headers.get_list("vary") == ["Accept-Encoding, Origin"]
+    assert browser.headers["access-control-allow-origin"] == "*"
+    assert own.headers.get_list("vary") == ["Origin"]

@@ -1,9 +1,12 @@
+import functools
 import json
+import operator
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request, Response
 from loguru import logger
 from pydantic import BaseModel
 
@@ -15,6 +18,7 @@ from servicekit import (
     health_router,
     install_servicekit,
 )
+from servicekit.context import new_request_id
 from servicekit.jsonbody import strict_loads
 from testkit.checks import assert_problem
 
@@ -58,6 +62,10 @@ def make_app(ready: bool = True) -> FastAPI:
     async def gone() -> None:
         raise Gone("It left.", headers={"X-Why": "because"})
 
+    @app.get("/echoes-request-id")
+    async def echoes_request_id() -> Response:
+        return Response(headers={"X-Request-ID": "upstream-echo"})
+
     @app.get("/boom")
     async def boom() -> None:
         raise RuntimeError("secret internals")
@@ -81,7 +89,29 @@ async def test_valid_request_id_is_kept(client: httpx.AsyncClient) -> None:
 async def test_invalid_request_id_is_replaced(client: httpx.AsyncClient, bad: str) -> None:
     response = await client.get("/health", headers={b"X-Request-ID": bad.encode("utf-8")})
     assert response.headers["x-request-id"] != bad
-    assert len(response.headers["x-request-id"]) == 36
+    assigned = uuid.UUID(response.headers["x-request-id"])
+    assert str(assigned) == response.headers["x-request-id"]
+    assert (assigned.version, assigned.variant) == (4, uuid.RFC_4122)
+
+
+def test_new_request_ids_are_random_version_4_uuids() -> None:
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+    # Every bit outside the version and variant varies.
+    fixed = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+    assert functools.reduce(operator.or_, (uuid.UUID(v).int for v in ids)) & fixed == fixed
+    assert functools.reduce(operator.and_, (uuid.UUID(v).int for v in ids)) & fixed == 0
+
+
+async def test_an_upstream_request_id_header_is_replaced_by_the_one_assigned(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.get("/echoes-request-id", headers={"X-Request-ID": "mine-1"})
+    assert response.headers.get_list("x-request-id") == ["mine-1"]
 
 
 async def test_service_error_is_a_problem(client: httpx.AsyncClient) -> None:

@@ -5,11 +5,11 @@ from functools import partial
 from typing import TypedDict
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from loguru import logger
 
 from gateway import __version__
 from gateway.config import Settings
+from gateway.cors import GatewayCORSMiddleware
 from gateway.edge import EdgeGuardMiddleware
 from gateway.health import router as health_router
 from gateway.keys import KeyStore
@@ -153,7 +153,7 @@ def create_app(
         max_header_bytes=settings.max_header_bytes,
     )
     app.add_middleware(
-        CORSMiddleware,
+        GatewayCORSMiddleware,
         allow_origins=["*"],
         allow_methods=["*"],
         allow_headers=["*"],

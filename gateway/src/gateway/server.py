@@ -29,7 +29,6 @@ request ID.
 """
 
 import asyncio
-import uuid
 from functools import cache
 
 import orjson
@@ -38,6 +37,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 from gateway.config import Settings
 from gateway.memory import idle_trim
 from servicekit import REQUEST_ID_HEADER
+from servicekit.context import new_request_id
 from servicekit.errors import (
     BadRequest,
     MethodNotAllowed,
@@ -77,7 +77,7 @@ def framing_refusal(
 
 
 def problem_bytes(refusal: ServiceError) -> bytes:
-    request_id = str(uuid.uuid4())
+    request_id = new_request_id()
     body = problem_body(refusal.status, refusal.code, refusal.title, refusal.detail)
     body["request_id"] = request_id
     content = orjson.dumps(body)

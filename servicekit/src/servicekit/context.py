@@ -1,6 +1,6 @@
+import os
 import re
 from contextvars import ContextVar
-from uuid import uuid4
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # The API client a request is made for, set by the gateway from the caller's key; the
@@ -14,11 +14,21 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 client_id_var: ContextVar[str | None] = ContextVar("client_id", default=None)
 
 
+def new_request_id() -> str:
+    """A random (version 4) UUID in its text form. `str(uuid4())` builds a `UUID` object and
+    its integer on the way, about twice this cost, on every request that brings no ID."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 9562 variant
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
 def accept_request_id(value: str | None) -> str:
     """Keep a well-formed incoming request ID, replace anything else by a new UUID."""
     if value is not None and _VALID_REQUEST_ID.fullmatch(value):
         return value
-    return str(uuid4())
+    return new_request_id()
 
 
 def current_request_id() -> str | None:

@@ -3,7 +3,6 @@
 import time
 
 from loguru import logger
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servicekit.context import (
@@ -74,12 +73,21 @@ class RequestContextMiddleware:
         status = 500
         response_started = False
 
+        request_id_header = (_REQUEST_ID_HEADER_BYTES, request_id.encode("latin-1"))
+
         async def send_with_request_id(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+                # The one request ID header, ours (an upstream's echo of it is replaced).
+                headers = [
+                    header
+                    for header in message.get("headers", ())
+                    if header[0] != _REQUEST_ID_HEADER_BYTES
+                ]
+                headers.append(request_id_header)
+                message["headers"] = headers
             await send(message)
 
         try:
