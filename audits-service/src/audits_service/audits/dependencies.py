@@ -19,8 +19,9 @@ IdempotencyTtlDep = Annotated[timedelta, Depends(get_idempotency_ttl)]
 
 
 async def get_engine(request: Request) -> AsyncEngine:
-    """The engine itself, for work that outlives the route (a streamed export checks a
-    connection out per chunk, after the route has returned)."""
+    """The engine; each operation checks a connection out only while it runs, so a request
+    that fails validation never waits for one, and a streamed export checks one out per
+    chunk, after the route has returned."""
     engine: AsyncEngine = request.state.engine
     return engine
 

@@ -23,13 +23,13 @@ from audits_service.audits.schemas import (
     AuditRecordResponse,
     AuditRecordUpdate,
 )
-from audits_service.database import DatabaseDep
+from audits_service.database import DatabaseRoute
 from servicekit import current_client_id, current_request_id, problem_responses
-from servicekit.jsonbody import StrictJSONRoute
 
 # Strict JSON: a duplicate key, nesting too deep or an over-long integer is a 422, never a
-# record stored from whichever of two values the parser happened to keep.
-router = APIRouter(prefix="/audits", tags=["audits"], route_class=StrictJSONRoute)
+# record stored from whichever of two values the parser happened to keep. A database that
+# cannot serve is a 503.
+router = APIRouter(prefix="/audits", tags=["audits"], route_class=DatabaseRoute)
 
 
 class RecordIdConvertor(Convertor[str]):
@@ -93,7 +93,7 @@ def _created(created: service.Created, replayed: bool, location: str | None = No
 )
 async def create_audit(
     body: AuditRecordCreate,
-    database: DatabaseDep,
+    database: EngineDep,
     request: Request,
     ttl: IdempotencyTtlDep,
     idempotency_key: IdempotencyKeyHeader = None,
@@ -130,7 +130,7 @@ async def create_audit(
 )
 async def create_audits(
     body: AuditBatchCreate,
-    database: DatabaseDep,
+    database: EngineDep,
     ttl: IdempotencyTtlDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
@@ -154,9 +154,7 @@ async def create_audits(
     response_model=AuditRecordPage,
     responses=problem_responses(422, 503),
 )
-async def list_audits(
-    params: Annotated[AuditListParams, Query()], database: DatabaseDep
-) -> Response:
+async def list_audits(params: Annotated[AuditListParams, Query()], database: EngineDep) -> Response:
     return _json(await service.list_audits(database, params))
 
 
@@ -229,7 +227,7 @@ async def export_audits(
     response_model=AuditRecordResponse,
     responses=problem_responses(404, 422, 503),
 )
-async def read_audit(audit_id: AuditId, database: DatabaseDep) -> Response:
+async def read_audit(audit_id: AuditId, database: EngineDep) -> Response:
     return _json(await service.get_audit(database, audit_id))
 
 
@@ -240,9 +238,7 @@ async def read_audit(audit_id: AuditId, database: DatabaseDep) -> Response:
     response_model=AuditRecordResponse,
     responses=problem_responses(404, 422, 503),
 )
-async def update_audit(
-    audit_id: AuditId, body: AuditRecordUpdate, database: DatabaseDep
-) -> Response:
+async def update_audit(audit_id: AuditId, body: AuditRecordUpdate, database: EngineDep) -> Response:
     request_id, client_id = current_request_id() or "", current_client_id()
     return _json(await service.update_audit(database, audit_id, body, request_id, client_id))
 
@@ -254,5 +250,5 @@ async def update_audit(
     summary="Delete an audit record",
     responses=problem_responses(404, 422, 503),
 )
-async def delete_audit(audit_id: AuditId, database: DatabaseDep) -> None:
+async def delete_audit(audit_id: AuditId, database: EngineDep) -> None:
     await service.delete_audit(database, audit_id, current_request_id() or "", current_client_id())
