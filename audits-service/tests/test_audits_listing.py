@@ -2,16 +2,20 @@
 
 import asyncio
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Annotated
 from uuid import uuid4
 
 import httpx
 import pytest
 from audits_testkit import AUDITS, Params, Record, record
+from fastapi import FastAPI, Query
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from audits_service.audits.models import audit_record, uuid7
+from audits_service.audits.schemas import AuditListParams
 from audits_service.config import Settings
+from audits_service.main import create_app
 from testkit.checks import assert_problem
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -107,6 +111,42 @@ async def test_include_total_false(client: httpx.AsyncClient, actor: str) -> Non
 )
 async def test_invalid_queries_are_422(client: httpx.AsyncClient, params: Params) -> None:
     assert_problem(await client.get(AUDITS, params=params), 422, "validation_error")
+
+
+async def test_query_errors_name_the_parameter_under_query(client: httpx.AsyncClient) -> None:
+    response = await client.get(AUDITS, params={"limit": "x", "offset": -1})
+    problem = assert_problem(response, 422, "validation_error")
+    assert [error["loc"] for error in problem["errors"]] == [
+        ["query", "limit"],
+        ["query", "offset"],
+    ]
+    period = {"created_from": "2030-01-02T00:00:00Z", "created_to": "2030-01-01T00:00:00Z"}
+    problem = assert_problem(await client.get(AUDITS, params=period), 422, "validation_error")
+    assert [error["loc"] for error in problem["errors"]] == [["query"]]
+
+
+async def test_last_repeated_value_counts_and_unknown_parameters_are_ignored(
+    client: httpx.AsyncClient, actor: str
+) -> None:
+    await create_many(client, 3, actor=actor)
+    query = f"actor={actor}&limit=x&limit=2&colour=blue&include_total=false"
+    page = (await client.get(f"{AUDITS}?{query}")).json()
+    assert (len(page["items"]), page["limit"], page["total"]) == (2, 2, None)
+
+
+async def test_list_parameters_are_documented_as_fastapi_documents_the_query_model(
+    audits_settings: Settings,
+) -> None:
+    documented = FastAPI()
+
+    @documented.get(AUDITS)
+    async def listing(params: Annotated[AuditListParams, Query()]) -> None: ...
+
+    expected = documented.openapi()["paths"][AUDITS]["get"]["parameters"]
+    app = create_app(audits_settings).openapi()
+    assert app["paths"][AUDITS]["get"]["parameters"] == expected
+    # The parameters' references resolve in the service's own document.
+    assert {"AuditAction", "AuditStatus"} <= app["components"]["schemas"].keys()
 
 
 async def test_cursor_with_offset_is_422(client: httpx.AsyncClient, actor: str) -> None:

@@ -12,7 +12,13 @@ from audits_service.audits.constants import (
     IDEMPOTENT_REPLAYED_HEADER,
     NDJSON_MEDIA_TYPE,
 )
-from audits_service.audits.dependencies import EngineDep, IdempotencyKeyHeader, IdempotencyTtlDep
+from audits_service.audits.dependencies import (
+    EngineDep,
+    IdempotencyKeyHeader,
+    IdempotencyTtlDep,
+    ListParamsDep,
+    query_parameters,
+)
 from audits_service.audits.schemas import (
     AuditBatchCreate,
     AuditExportParams,
@@ -153,8 +159,9 @@ async def create_audits(
     ),
     response_model=AuditRecordPage,
     responses=problem_responses(422, 503),
+    openapi_extra={"parameters": query_parameters(AuditListParams)},
 )
-async def list_audits(params: Annotated[AuditListParams, Query()], database: EngineDep) -> Response:
+async def list_audits(params: ListParamsDep, database: EngineDep) -> Response:
     return _json(await service.list_audits(database, params))
 
 
