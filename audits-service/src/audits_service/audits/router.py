@@ -3,6 +3,7 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.convertors import Convertor, register_url_convertor
 
 from audits_service.audits import export, service
@@ -16,7 +17,7 @@ from audits_service.audits.dependencies import (
     EngineDep,
     IdempotencyKeyHeader,
     IdempotencyTtlDep,
-    ListParamsDep,
+    list_params,
     query_parameters,
 )
 from audits_service.audits.schemas import (
@@ -161,8 +162,10 @@ async def create_audits(
     responses=problem_responses(422, 503),
     openapi_extra={"parameters": query_parameters(AuditListParams)},
 )
-async def list_audits(params: ListParamsDep, database: EngineDep) -> Response:
-    return _json(await service.list_audits(database, params))
+async def list_audits(request: Request) -> Response:
+    # The query and the engine read here, not by dependencies: see `list_params`.
+    engine: AsyncEngine = request.state.engine
+    return _json(await service.list_audits(engine, list_params(request)))
 
 
 # -- export (before `/{audit_id}`, which would take "export" for an id) ---------------------
