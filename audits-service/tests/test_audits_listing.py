@@ -1,6 +1,7 @@
 """Listing: order, filters, limits, totals, offset and keyset pagination."""
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Annotated
 from uuid import uuid4
@@ -14,7 +15,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from audits_service.audits.models import audit_record, uuid7
 from audits_service.audits.schemas import AuditListParams
+from audits_service.audits.service import _page_text
 from audits_service.config import Settings
+from audits_service.database import driver_connection
 from audits_service.main import create_app
 from testkit.checks import assert_problem
 
@@ -233,6 +236,31 @@ async def test_cursor_visits_every_record_once_across_equal_timestamps(
     seen = await walk_cursor(client, {"actor": actor, "limit": 7, "include_total": "false"})
     expected = sorted(rows, key=lambda r: (r["created_at"], r["id"]), reverse=True)
     assert [item["id"] for item in seen] == [str(r["id"]) for r in expected]
+
+
+@pytest.mark.parametrize("cursor", [False, True])
+async def test_a_page_is_read_in_the_order_of_its_index(
+    audits_settings: Settings, cursor: bool
+) -> None:
+    """The page reads its ids as text: its ORDER BY must still name the uuid column, which
+    the (created_at, id) index is sorted by, or every page becomes a sort."""
+    engine = create_async_engine(audits_settings.database_url.get_secret_value())
+    page, order = _page_text(engine.dialect, frozenset(), cursor)
+    values = {"limit": 51, "offset": 0, "after_created_at": datetime.now(UTC), "after_id": uuid7()}
+    try:
+        async with engine.connect() as connection:
+            # A test table is small enough for a scan and a sort to look cheaper.
+            await connection.exec_driver_sql("SET enable_seqscan = off")
+            await connection.exec_driver_sql("SET enable_bitmapscan = off")
+            driver = await driver_connection(connection)
+            plan = await driver.fetchval(
+                f"EXPLAIN (FORMAT JSON) {page}", *(values[name] for name in order)
+            )
+    finally:
+        await engine.dispose()
+    text = json.dumps(plan)
+    assert "ix_audit_record_created_at_id" in text, text
+    assert "Sort" not in text, text
 
 
 async def test_cursor_walk_while_records_are_inserted(client: httpx.AsyncClient) -> None:

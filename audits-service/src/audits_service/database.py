@@ -124,6 +124,11 @@ class FairQueuePool(AsyncAdaptedQueuePool):
     async def _admit(self) -> None:
         started = time.perf_counter()
         try:
+            if not self._admission.locked():
+                # A free slot (and nobody waiting for one, or `locked` would be true) is
+                # taken at once: only a wait needs the deadline's timer.
+                await self._admission.acquire()
+                return
             async with asyncio.timeout(self._timeout):
                 await self._admission.acquire()
         except TimeoutError:
