@@ -3,7 +3,6 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.convertors import Convertor, register_url_convertor
 
 from audits_service.audits import export, service
@@ -17,6 +16,7 @@ from audits_service.audits.dependencies import (
     EngineDep,
     IdempotencyKeyHeader,
     IdempotencyTtlDep,
+    get_engine,
     list_params,
     query_parameters,
 )
@@ -164,7 +164,7 @@ async def create_audits(
 )
 async def list_audits(request: Request) -> Response:
     # The query and the engine read here, not by dependencies: see `list_params`.
-    engine: AsyncEngine = request.state.engine
+    engine = await get_engine(request)
     return _json(await service.list_audits(engine, list_params(request)))
 
 
