@@ -295,6 +295,15 @@ async def driver_connection(connection: AsyncConnection) -> asyncpg.Connection:
     return driver
 
 
+async def get_engine(request: Request) -> AsyncEngine:
+    """The engine; each operation checks a connection out only while it runs, so a request
+    that fails validation never waits for one, and a streamed export checks one out per
+    chunk, after the route has returned. `async def`: FastAPI would run a plain `def`
+    dependency in a worker thread."""
+    engine: AsyncEngine = request.state.engine
+    return engine
+
+
 _TRACER: Final = trace.get_tracer(__name__)
 
 

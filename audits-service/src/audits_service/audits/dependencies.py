@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from audits_service.audits.constants import IDEMPOTENCY_KEY_HEADER, IDEMPOTENCY_KEY_MAX_LENGTH
 from audits_service.audits.schemas import AuditListParams
 from audits_service.config import Settings
+from audits_service.database import get_engine
 
 
 # `async def` even without awaiting: FastAPI runs a plain `def` dependency in a worker
@@ -19,14 +20,6 @@ async def get_idempotency_ttl(request: Request) -> timedelta:
 
 
 IdempotencyTtlDep = Annotated[timedelta, Depends(get_idempotency_ttl)]
-
-
-async def get_engine(request: Request) -> AsyncEngine:
-    """The engine; each operation checks a connection out only while it runs, so a request
-    that fails validation never waits for one, and a streamed export checks one out per
-    chunk, after the route has returned."""
-    engine: AsyncEngine = request.state.engine
-    return engine
 
 
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]

@@ -16,7 +16,6 @@ from audits_service.audits.dependencies import (
     EngineDep,
     IdempotencyKeyHeader,
     IdempotencyTtlDep,
-    get_engine,
     list_params,
     query_parameters,
 )
@@ -30,7 +29,7 @@ from audits_service.audits.schemas import (
     AuditRecordResponse,
     AuditRecordUpdate,
 )
-from audits_service.database import DatabaseRoute
+from audits_service.database import DatabaseRoute, get_engine
 from servicekit import current_client_id, current_request_id, problem_responses
 
 # Strict JSON: a duplicate key, nesting too deep or an over-long integer is a 422, never a

@@ -2,8 +2,8 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Request, Response
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from audits_service.database import get_engine
 from audits_service.trail import service
 from audits_service.trail.schemas import AuditHistory, TrailHead, VerifyReport
 from servicekit import problem_responses
@@ -11,11 +11,6 @@ from servicekit import problem_responses
 router = APIRouter(prefix="/audits", tags=["trail"])
 
 HISTORY_LIMIT_MAX = 1000
-
-
-def _engine(request: Request) -> AsyncEngine:
-    engine: AsyncEngine = request.state.engine
-    return engine
 
 
 @router.get(
@@ -46,7 +41,7 @@ async def verify_trail(
         ),
     ] = None,
 ) -> VerifyReport | Response:
-    return await service.verify_answer(_engine(request), since_hash)
+    return await service.verify_answer(await get_engine(request), since_hash)
 
 
 @router.get(
@@ -57,7 +52,7 @@ async def verify_trail(
     responses=problem_responses(503),
 )
 async def read_trail_head(request: Request) -> TrailHead:
-    return await service.head(_engine(request))
+    return await service.head(await get_engine(request))
 
 
 After = Annotated[int, Query(ge=0, le=2**63 - 1, description="Events after this seq.")]
@@ -73,7 +68,7 @@ Limit = Annotated[int, Query(ge=1, le=HISTORY_LIMIT_MAX, description="Page size.
     responses=problem_responses(422, 503),
 )
 async def list_trail_events(request: Request, after: After = 0, limit: Limit = 100) -> AuditHistory:
-    return await service.events(_engine(request), after, limit)
+    return await service.events(await get_engine(request), after, limit)
 
 
 @router.get(
@@ -89,4 +84,4 @@ async def read_audit_history(
     after: After = 0,
     limit: Limit = 100,
 ) -> AuditHistory:
-    return await service.history(_engine(request), audit_id, after, limit)
+    return await service.history(await get_engine(request), audit_id, after, limit)
